@@ -9,7 +9,7 @@ export POETRY_VIRTUALENVS_IN_PROJECT := true
 export POETRY_NO_INTERACTION := 1
 RUN := $(POETRY) run
 
-.PHONY: venv up test lint format check docker docker-up docker-down clean
+.PHONY: venv up test lint lint-deploy format check docker docker-up docker-down clean
 
 $(POETRY):
 	$(PYTHON) -m venv $(TOOLS)/poetry
@@ -27,10 +27,26 @@ up: venv ## run the whole service on this machine (embedded Redis, web, workers,
 test: venv ## run the test suite (unit on fakeredis, integration on a real Redis server)
 	$(RUN) pytest
 
-lint: venv ## ruff check, ruff format --check, mypy --strict
+lint: venv lint-deploy ## ruff check, ruff format --check, mypy --strict, and lint-deploy
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
 	$(RUN) mypy
+
+# Offline checks of the deployment files (no Docker engine or cluster needed): docker-compose.yml
+# against the Compose Specification schema, the Dockerfile with hadolint, the Kubernetes
+# manifests against the Kubernetes schemas (strict: unknown fields fail), and, where kubectl
+# exists, the kustomize rendering of deploy/k8s too.
+K8S_MANIFESTS := $(filter-out %/kustomization.yaml,$(wildcard deploy/k8s/*.yaml deploy/k8s/*/*.yaml))
+
+lint-deploy: venv ## offline checks of Dockerfile, docker-compose.yml and deploy/k8s
+	$(RUN) check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
+	$(RUN) hadolint --failure-threshold style Dockerfile
+	$(RUN) kubernetes-validate --strict --quiet $(K8S_MANIFESTS)
+	@if command -v kubectl >/dev/null 2>&1; then \
+	  set -o pipefail; \
+	  kubectl kustomize deploy/k8s | $(RUN) kubernetes-validate --strict --quiet - \
+	  && echo "ok -- kustomize build deploy/k8s validates"; \
+	else echo "kubectl not found: kustomize rendering not checked (the raw manifests were)"; fi
 
 format: venv
 	$(RUN) ruff check --fix .
