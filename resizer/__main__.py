@@ -1,0 +1,3 @@
+from resizer.cli import main
+
+main()

@@ -1,0 +1,269 @@
+"""The web layer: the aiohttp app factory, the routes, and the one middleware that turns every
+error into the JSON error shape ``{"error": {"code": ..., "message": ...}}``.
+
+The web process never decodes pixels: it validates base64 and reads the image header only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import json
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import cattrs
+import redis.exceptions
+import structlog
+from aiohttp import web
+
+from resizer import imaging
+from resizer.config import Settings
+from resizer.errors import (
+    BadRequest,
+    InvalidImage,
+    ResizerError,
+    StorageFull,
+    TaskNotFound,
+    TaskNotReady,
+)
+from resizer.models import (
+    CreateTaskRequest,
+    ErrorBody,
+    ErrorDetail,
+    ImageInfo,
+    ImageSize,
+    ImageView,
+    TaskCreated,
+    TaskStatus,
+    TaskView,
+    converter,
+)
+from resizer.store import REDIS_DOWN, Store, open_store, unavailable
+
+log = structlog.get_logger("resizer.api")
+
+SETTINGS = web.AppKey("settings", Settings)
+STORE = web.AppKey("store", Store)
+
+# Parsing a body this large takes long enough to stall other requests: do it in a thread.
+_OFFLOAD_BYTES = 256 * 1024
+_DATA_URL = re.compile(rb"^\s*data:[\w.+/-]*(?:;[\w=.+-]+)*;base64,", re.IGNORECASE)
+_WHITESPACE = re.compile(rb"\s+")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_response(payload: object, status: int = 200, **kwargs: Any) -> web.Response:
+    return web.json_response(converter.unstructure(payload), status=status, **kwargs)
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    return json_response(ErrorBody(ErrorDetail(code=code, message=message)), status=status)
+
+
+_HTTP_CODES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one place where errors become HTTP responses, and where each request is logged."""
+    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    started = time.perf_counter()
+    with structlog.contextvars.bound_contextvars(request_id=request_id):
+        try:
+            response = await handler(request)
+        except ResizerError as exc:
+            response = error_response(exc.status, exc.code, exc.message)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            message = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else ""
+            if exc.status == 413:
+                limit = request.app[SETTINGS].max_body_bytes
+                message = f"the request body is over the limit of {limit} bytes"
+            response = error_response(
+                exc.status,
+                _HTTP_CODES.get(exc.status, "http_error"),
+                message or exc.reason,
+            )
+        except REDIS_DOWN as exc:
+            err = unavailable(exc)
+            response = error_response(err.status, err.code, err.message)
+        except redis.exceptions.ResponseError as exc:
+            if not str(exc).startswith("OOM"):
+                raise
+            full = StorageFull("the task store is full; nothing was stored, retry later")
+            response = error_response(full.status, full.code, full.message)
+        except Exception:
+            log.exception("request.crashed", method=request.method, path=request.path)
+            response = error_response(500, "internal", "internal error; it has been logged")
+        response.headers["X-Request-Id"] = request_id
+        route = request.match_info.route.resource
+        log.info(
+            "request.handled",
+            method=request.method,
+            route=route.canonical if route is not None else "<unmatched>",
+            status=response.status,
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+        return response
+
+
+def decode_upload(body: bytes, max_pixels: int) -> tuple[ImageInfo, bytes]:
+    """Parse the JSON body, decode the base64 image, read its header. Pure; may run in a thread."""
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise BadRequest('the body must be a JSON object like {"data": "<base64>"}')
+    try:
+        request = converter.structure(payload, CreateTaskRequest)
+    except cattrs.ClassValidationError as exc:
+        problems = "; ".join(cattrs.transform_error(exc))
+        raise BadRequest(f'"data" must be a string of base64: {problems}') from None
+    data = decode_base64(request.data)
+    return imaging.inspect(data, max_pixels), data
+
+
+def decode_base64(text: str) -> bytes:
+    """Strict base64, tolerating a ``data:`` URL prefix and line breaks (as ``base64`` wraps)."""
+    try:
+        raw = text.encode("ascii")
+    except UnicodeEncodeError:
+        raise InvalidImage('"data" is not base64: it has non-ASCII characters') from None
+    raw = _WHITESPACE.sub(b"", _DATA_URL.sub(b"", raw, count=1))
+    if not raw:
+        raise InvalidImage('"data" is empty')
+    try:
+        return binascii.a2b_base64(raw, strict_mode=True)
+    except binascii.Error as exc:
+        raise InvalidImage(f'"data" is not valid base64: {exc}') from None
+
+
+async def create_task(request: web.Request) -> web.Response:
+    body = await request.read()
+    max_pixels = request.app[SETTINGS].max_pixels
+    if len(body) > _OFFLOAD_BYTES:
+        info, data = await asyncio.to_thread(decode_upload, body, max_pixels)
+    else:
+        info, data = decode_upload(body, max_pixels)
+    task = await request.app[STORE].create_task(info, data)
+    log.info("task.created", task_id=task.id, format=info.format, size=info.width)
+    return json_response(
+        TaskCreated(id=task.id, status=task.status),
+        status=201,
+        headers={"Location": f"/tasks/{task.id}"},
+    )
+
+
+async def get_task(request: web.Request) -> web.Response:
+    task_id = request.match_info["task_id"]
+    task = await request.app[STORE].get_task(task_id)
+    if task is None:
+        raise TaskNotFound(f"no task {task_id!r} (unknown, or its retention expired)")
+    return json_response(TaskView.of(task))
+
+
+async def get_image(request: web.Request) -> web.Response:
+    task_id = request.match_info["task_id"]
+    raw_size = request.query.get("size")
+    if raw_size is None:
+        raise BadRequest("the query parameter size is required: one of original, 64, 32")
+    try:
+        size = ImageSize(raw_size)
+    except ValueError:
+        raise BadRequest(f"size must be one of original, 64, 32; got {raw_size!r}") from None
+    task, image = await request.app[STORE].get_task_and_image(task_id, size)
+    if task is None:
+        raise TaskNotFound(f"no task {task_id!r} (unknown, or its retention expired)")
+    if size is ImageSize.ORIGINAL:
+        if image is None:
+            raise TaskNotFound(f"the original image of task {task_id!r} has expired")
+        encoded = await asyncio.to_thread(binascii.b2a_base64, image, newline=False)
+        view = ImageView(
+            id=task.id,
+            size=size,
+            width=task.original.width,
+            height=task.original.height,
+            format=task.original.format,
+            data=encoded.decode(),
+        )
+        return json_response(view)
+    if task.status is not TaskStatus.DONE or image is None or task.result_format is None:
+        raise TaskNotReady(
+            f"task {task_id!r} is {task.status.value}; the {size.value}x{size.value} image "
+            "exists once it is DONE"
+        )
+    pixels = int(size.value)
+    view = ImageView(
+        id=task.id,
+        size=size,
+        width=pixels,
+        height=pixels,
+        format=task.result_format,
+        data=image.decode(),
+    )
+    return json_response(view)
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def ready(request: web.Request) -> web.Response:
+    try:
+        await request.app[STORE].ping()
+    except REDIS_DOWN as exc:
+        err = unavailable(exc)
+        return web.json_response(
+            {"error": {"code": err.code, "message": err.message, "failing": ["redis"]}},
+            status=503,
+        )
+    return web.json_response({"status": "ready", "checks": {"redis": "ok"}})
+
+
+def make_app(settings: Settings, store: Store | None = None) -> web.Application:
+    """The app factory that ``resizer serve`` and the tests both call.
+
+    Without a ``store``, the app opens its own Redis pool for its lifetime (``cleanup_ctx``).
+    """
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[error_middleware])
+    app[SETTINGS] = settings
+
+    async def redis_pool(app: web.Application) -> AsyncIterator[None]:
+        if store is not None:
+            app[STORE] = store
+            yield
+            return
+        async with open_store(settings) as opened:
+            app[STORE] = opened
+            yield
+
+    app.cleanup_ctx.append(redis_pool)
+    app.router.add_post("/tasks", create_task)
+    app.router.add_get("/tasks/{task_id}", get_task)
+    app.router.add_get("/tasks/{task_id}/image", get_image)
+    app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)
+    return app
+
+
+def serve(settings: Settings, host: str, port: int) -> None:
+    """Run the web server until SIGTERM/SIGINT (aiohttp's runner handles both gracefully)."""
+    web.run_app(
+        make_app(settings),
+        host=host,
+        port=port,
+        access_log=None,
+        print=lambda msg: log.info("server.started", host=host, port=port),
+        shutdown_timeout=10,
+    )

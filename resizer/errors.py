@@ -1,0 +1,85 @@
+"""The error hierarchy. Each error knows its HTTP status and its machine-readable code.
+
+The API maps these to responses in one place (``api.error_middleware``); the CLI prints their
+message on one line. Nothing else needs to know about HTTP.
+"""
+
+from __future__ import annotations
+
+
+class ResizerError(Exception):
+    """Base of every error this service raises on purpose."""
+
+    status: int = 500
+    code: str = "internal"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(ResizerError):
+    """The request itself is malformed: not JSON, wrong shape, a bad parameter."""
+
+    status = 400
+    code = "bad_request"
+
+
+class PayloadTooLarge(ResizerError):
+    status = 413
+    code = "payload_too_large"
+
+
+class InvalidImage(ResizerError):
+    """The payload is well-formed but is not an image we accept (not base64, not square...)."""
+
+    status = 422
+    code = "invalid_image"
+
+
+class TaskNotFound(ResizerError):
+    status = 404
+    code = "not_found"
+
+
+class TaskNotReady(ResizerError):
+    """A resized image was asked for before the task is DONE."""
+
+    status = 409
+    code = "not_ready"
+
+
+class ServiceUnavailable(ResizerError):
+    """A dependency (Redis) cannot be reached or is out of memory; retrying later may work."""
+
+    status = 503
+    code = "unavailable"
+
+
+class ImageDecodeError(ResizerError):
+    """The worker could not decode an image that passed the header check: a permanent failure."""
+
+    status = 422
+    code = "undecodable_image"
+
+
+class StorageFull(ResizerError):
+    """Redis reached its ``maxmemory`` (with ``noeviction``): nothing was written; retry later."""
+
+    status = 507
+    code = "storage_full"
+
+
+class ApiError(ResizerError):
+    """The server answered with an error (the client side of the JSON error shape)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class ServerUnreachable(ResizerError):
+    """The client could not connect to the server at all."""
+
+    code = "unreachable"

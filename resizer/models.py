@@ -1,0 +1,168 @@
+"""Records that cross module boundaries, and the one cattrs converter that (un)structures them."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+
+import attrs
+import cattrs
+from cattrs.gen import make_dict_unstructure_fn, override
+
+SIZES: tuple[int, ...] = (64, 32)
+"""The sizes every task is resized to, largest first (smaller ones may derive from larger)."""
+
+
+class TaskStatus(enum.StrEnum):
+    WAITING = "WAITING"
+    IN_PROGRESS = "IN_PROGRESS"
+    DONE = "DONE"
+    FAILED = "FAILED"
+
+    @property
+    def finished(self) -> bool:
+        return self in (TaskStatus.DONE, TaskStatus.FAILED)
+
+
+class ImageSize(enum.StrEnum):
+    ORIGINAL = "original"
+    S64 = "64"
+    S32 = "32"
+
+    @property
+    def pixels(self) -> int | None:
+        return None if self is ImageSize.ORIGINAL else int(self.value)
+
+
+@attrs.frozen
+class ImageInfo:
+    """What the header of an image says, without decoding its pixels."""
+
+    format: str  # lower-case Pillow format name: "jpeg", "png", "webp", ...
+    width: int
+    height: int
+
+
+@attrs.frozen
+class Thumbnail:
+    size: int
+    format: str
+    data: bytes
+
+
+@attrs.frozen
+class Task:
+    """A task as stored: its state and the metadata of its original image."""
+
+    id: str
+    status: TaskStatus
+    created_at: datetime
+    updated_at: datetime
+    attempts: int
+    original: ImageInfo
+    error: str | None = None
+    result_format: str | None = None
+
+
+@attrs.frozen
+class Claim:
+    """A worker's hold on a task. Only the holder of the current token may finish the task."""
+
+    task_id: str
+    token: str
+    attempt: int
+
+
+@attrs.frozen
+class RecoveryReport:
+    requeued: list[str] = attrs.Factory(list)
+    failed: list[str] = attrs.Factory(list)
+    adopted: list[str] = attrs.Factory(list)
+
+
+# --- API payloads ---------------------------------------------------------------------------
+
+
+@attrs.frozen
+class CreateTaskRequest:
+    data: str
+
+
+@attrs.frozen
+class TaskCreated:
+    id: str
+    status: TaskStatus
+
+
+@attrs.frozen
+class TaskView:
+    id: str
+    status: TaskStatus
+    created_at: datetime
+    updated_at: datetime
+    attempts: int
+    error: str | None = None
+
+    @classmethod
+    def of(cls, task: Task) -> TaskView:
+        return cls(
+            id=task.id,
+            status=task.status,
+            created_at=task.created_at,
+            updated_at=task.updated_at,
+            attempts=task.attempts,
+            error=task.error if task.status is TaskStatus.FAILED else None,
+        )
+
+
+@attrs.frozen
+class ImageView:
+    id: str
+    size: ImageSize
+    width: int
+    height: int
+    format: str
+    data: str  # base64
+
+
+@attrs.frozen
+class ErrorDetail:
+    code: str
+    message: str
+
+
+@attrs.frozen
+class ErrorBody:
+    error: ErrorDetail
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=False)
+    conv.register_unstructure_hook(datetime, lambda d: d.isoformat().replace("+00:00", "Z"))
+
+    def _parse_datetime(value: object, _: type) -> datetime:
+        if not isinstance(value, str):
+            raise TypeError(f"expected an ISO 8601 string, got {type(value).__name__}")
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+    conv.register_structure_hook(datetime, _parse_datetime)
+
+    def _strict_str(value: object, _: type) -> str:
+        # cattrs would happily turn 5 into "5"; a JSON API must not.
+        if not isinstance(value, str):
+            raise TypeError(f"expected a string, got {type(value).__name__}")
+        return value
+
+    conv.register_structure_hook(str, _strict_str)
+    for enum_type in (TaskStatus, ImageSize):  # str subclasses: keep them off the str hook
+        conv.register_structure_hook(enum_type, lambda value, cls: cls(value))
+    # `error` is present only when a task FAILED: drop it rather than send null.
+    conv.register_unstructure_hook(
+        TaskView,
+        make_dict_unstructure_fn(TaskView, conv, error=override(omit_if_default=True)),
+    )
+    return conv
+
+
+converter = _make_converter()

@@ -1,0 +1,46 @@
+"""``resizer recover``: one recovery pass (for cron) or a loop, reporting what it did."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+from contextlib import suppress
+
+import structlog
+
+from resizer.config import Settings
+from resizer.store import REDIS_DOWN, open_store, unavailable
+from resizer.worker import Backoff, recover_once
+
+log = structlog.get_logger("resizer.recovery")
+
+
+async def run_recovery(settings: Settings, every: float | None, say: Callable[[str], None]) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    backoff = Backoff()
+    async with open_store(settings) as store:
+        while True:
+            try:
+                report = await recover_once(store)
+                say(
+                    f"recovered: {len(report.requeued)} re-queued, "
+                    f"{len(report.failed)} failed at the attempt cap, "
+                    f"{len(report.adopted)} unleased adopted"
+                )
+                delay = every
+                backoff.reset()
+            except REDIS_DOWN as exc:
+                if every is None:
+                    raise unavailable(exc) from None
+                delay = backoff.next()
+                log.warning("redis.unreachable", error=str(exc), retry_in=delay)
+            if delay is None:
+                return
+            with suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            if stop.is_set():
+                return

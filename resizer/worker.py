@@ -1,0 +1,179 @@
+"""The worker: take -> claim -> resize -> complete, with a heartbeat, forever, until asked to stop.
+
+One task at a time per process (resizing is CPU-bound; scale with processes). The resize runs in
+a thread so the event loop keeps renewing the lease while Pillow works: Pillow releases the GIL
+in its decoders, resamplers and encoders, so even a task longer than the lease keeps its lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import signal
+import socket
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+
+import structlog
+
+from resizer import faults, imaging
+from resizer.config import Settings
+from resizer.errors import ImageDecodeError
+from resizer.models import Claim, RecoveryReport, Thumbnail
+from resizer.store import REDIS_DOWN, Store, open_store
+
+log = structlog.get_logger("resizer.worker")
+
+TAKE_TIMEOUT_SECONDS = 1.0
+"""How long one BLMOVE blocks: also the longest an idle worker takes to notice a stop request."""
+
+
+class Backoff:
+    """Exponential backoff for reconnecting: 0.1 s doubling to 5 s, reset on success."""
+
+    def __init__(self, first: float = 0.1, cap: float = 5.0) -> None:
+        self.first, self.cap, self.current = first, cap, first
+
+    def next(self) -> float:
+        delay, self.current = self.current, min(self.cap, self.current * 2)
+        return delay
+
+    def reset(self) -> None:
+        self.current = self.first
+
+
+class Worker:
+    def __init__(self, store: Store, settings: Settings, name: str | None = None) -> None:
+        self.store = store
+        self.settings = settings
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        self.processed = 0
+
+    async def run(self, stop: asyncio.Event, *, max_tasks: int | None = None) -> None:
+        """Process tasks until ``stop`` is set (the task in hand is always finished first)."""
+        backoff = Backoff()
+        next_recovery = 0.0
+        log.info("worker.started", worker=self.name)
+        while not stop.is_set() and (max_tasks is None or self.processed < max_tasks):
+            try:
+                if time.monotonic() >= next_recovery:
+                    await recover_once(self.store)
+                    next_recovery = time.monotonic() + self.settings.recover_every_seconds
+                task_id = await self.store.take(TAKE_TIMEOUT_SECONDS)
+                if task_id is not None:
+                    await self.process(task_id)
+                backoff.reset()
+            except REDIS_DOWN as exc:
+                delay = backoff.next()
+                log.warning("redis.unreachable", error=str(exc), retry_in=delay)
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+        log.info("worker.stopped", worker=self.name, processed=self.processed)
+
+    async def process(self, task_id: str) -> None:
+        faults.hit("after_take")
+        claim = await self.store.claim(task_id, self.name)
+        if claim is None:
+            log.info("task.skipped", task_id=task_id, reason="not waiting (expired or duplicate)")
+            return
+        with structlog.contextvars.bound_contextvars(task_id=task_id, attempt=claim.attempt):
+            log.info("task.claimed", worker=self.name)
+            faults.hit("after_claim")
+            async with self._heartbeat(claim):
+                await self._resize_and_complete(claim)
+            self.processed += 1
+
+    async def _resize_and_complete(self, claim: Claim) -> None:
+        original = await self.store.get_original(claim.task_id)
+        if original is None:
+            await self.store.fail(claim, "the original image is gone (its retention expired)")
+            log.warning("task.failed", error="original missing")
+            return
+        started = time.perf_counter()
+        try:
+            thumbnails = await asyncio.to_thread(_resize, original)
+        except ImageDecodeError as exc:
+            if await self.store.fail(claim, exc.message):
+                log.info("task.failed", error=exc.message)
+            else:
+                log.warning("lease.lost", during="fail")
+            return
+        except Exception as exc:
+            reason = f"{exc.__class__.__name__}: {exc}"
+            outcome = await self.store.retry(claim, reason)
+            log.warning(f"task.{'lease_lost' if outcome == 'stale' else outcome}", error=reason)
+            return
+        images = {t.size: base64.b64encode(t.data) for t in thumbnails}
+        faults.hit("before_complete")
+        if await self._complete_despite_outage(claim, thumbnails[0].format, images):
+            faults.hit("after_complete")
+            log.info(
+                "task.done",
+                format=thumbnails[0].format,
+                duration_ms=round((time.perf_counter() - started) * 1000, 1),
+            )
+        else:
+            log.warning("lease.lost", during="complete", detail="a newer attempt owns the task")
+
+    async def _complete_despite_outage(
+        self, claim: Claim, result_format: str, images: dict[int, bytes]
+    ) -> bool:
+        """Results are worth keeping through a short Redis outage: retry while the lease lives."""
+        backoff = Backoff()
+        give_up_at = time.monotonic() + self.settings.lease_seconds
+        while True:
+            try:
+                return await self.store.complete(claim, result_format, images)
+            except REDIS_DOWN:
+                if time.monotonic() > give_up_at:
+                    raise
+                await asyncio.sleep(backoff.next())
+
+    @asynccontextmanager
+    async def _heartbeat(self, claim: Claim) -> AsyncIterator[None]:
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(self.settings.heartbeat_seconds)
+                try:
+                    if not await self.store.renew(claim):
+                        log.warning("lease.lost", during="heartbeat")
+                        return
+                except REDIS_DOWN as exc:
+                    log.warning("lease.renewal_failed", error=str(exc))
+
+        beater = asyncio.create_task(beat())
+        try:
+            yield
+        finally:
+            beater.cancel()
+            with suppress(asyncio.CancelledError):
+                await beater
+
+
+def _resize(original: bytes) -> list[Thumbnail]:
+    faults.hit("during_resize", original)
+    return imaging.make_thumbnails(original)
+
+
+async def recover_once(store: Store) -> RecoveryReport:
+    report = await store.recover()
+    for task_id in report.requeued:
+        log.warning("task.recovered", task_id=task_id, outcome="requeued")
+    for task_id in report.failed:
+        log.warning("task.recovered", task_id=task_id, outcome="failed (attempt cap)")
+    for task_id in report.adopted:
+        log.info("task.adopted", task_id=task_id)
+    return report
+
+
+async def serve_worker(settings: Settings) -> None:
+    """Entry point of ``resizer work``: run until SIGTERM/SIGINT, finishing the task in hand."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    # BLMOVE blocks for TAKE_TIMEOUT_SECONDS: the socket must wait longer than that.
+    async with open_store(settings, socket_timeout=TAKE_TIMEOUT_SECONDS + 10) as store:
+        await Worker(store, settings).run(stop)
