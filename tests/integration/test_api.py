@@ -1,0 +1,296 @@
+"""Every row of the API table, against a real Redis server process."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from PIL import Image
+
+from resizer.api import make_app
+from resizer.config import Settings
+from resizer.embedded import free_port
+from resizer.models import TaskStatus
+from resizer.store import Store
+from resizer.worker import Worker
+from tests.helpers import make_image, make_noise_image
+
+ClientFactory = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
+Client = TestClient[Any, Any]
+
+
+@pytest.fixture
+async def client(aiohttp_client: ClientFactory, real_settings: Settings) -> Client:
+    return await aiohttp_client(make_app(real_settings))
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+async def assert_error(response: Any, status: int, code: str) -> str:
+    assert response.status == status
+    assert response.content_type == "application/json"
+    body = await response.json()
+    assert set(body) == {"error"}
+    assert body["error"]["code"] == code
+    message: str = body["error"]["message"]
+    assert message
+    return message
+
+
+async def post_image(client: Client, data: bytes) -> str:
+    response = await client.post("/tasks", json={"data": b64(data)})
+    assert response.status == 201, await response.text()
+    task_id: str = (await response.json())["id"]
+    return task_id
+
+
+async def run_worker_until_idle(settings: Settings, count: int) -> None:
+    """Process exactly ``count`` tasks in-process (the real worker class, burst mode)."""
+    import asyncio
+
+    async with asyncio.timeout(30):
+        store = Store(Store.client_for(settings.redis_url, socket_timeout=10), settings)
+        try:
+            await Worker(store, settings).run(asyncio.Event(), max_tasks=count)
+        finally:
+            await store.close()
+
+
+# --- POST /tasks -------------------------------------------------------------------------------
+
+
+async def test_post_creates_a_waiting_task_with_location(client: Client) -> None:
+    response = await client.post("/tasks", json={"data": b64(make_image("PNG"))})
+    assert response.status == 201
+    body = await response.json()
+    assert set(body) == {"id", "status"}
+    assert body["status"] == "WAITING"
+    assert response.headers["Location"] == f"/tasks/{body['id']}"
+
+
+@pytest.mark.parametrize(
+    "encode",
+    [
+        pytest.param(lambda d: "data:image/jpeg;base64," + b64(d), id="data-url"),
+        pytest.param(lambda d: base64.encodebytes(d).decode(), id="wrapped-76"),
+        pytest.param(
+            lambda d: "\r\n".join(b64(d)[i : i + 64] for i in range(0, len(b64(d)), 64)), id="crlf"
+        ),
+    ],
+)
+async def test_post_accepts_data_urls_and_line_breaks(
+    client: Client, encode: Callable[[bytes], str]
+) -> None:
+    data = make_image("JPEG", size=200)
+    response = await client.post("/tasks", json={"data": encode(data)})
+    assert response.status == 201, await response.text()
+    task_id = (await response.json())["id"]
+    original = await (await client.get(f"/tasks/{task_id}/image?size=original")).json()
+    assert base64.b64decode(original["data"]) == data
+
+
+@pytest.mark.parametrize(
+    ("body", "content"),
+    [
+        (b"not json", "not valid JSON"),
+        (b"[1, 2]", "JSON object"),
+        (b'"data"', "JSON object"),
+        (b"{}", "data"),
+        (b'{"data": 5}', "string"),
+        (b'{"data": null}', "string"),
+        (b"\xff\xfe", "not valid JSON"),
+    ],
+)
+async def test_post_rejects_malformed_bodies_with_400(
+    client: Client, body: bytes, content: str
+) -> None:
+    response = await client.post("/tasks", data=body, headers={"Content-Type": "application/json"})
+    message = await assert_error(response, 400, "bad_request")
+    assert content in message
+
+
+async def test_post_rejects_a_body_over_the_limit_with_413(
+    aiohttp_client: ClientFactory, real_settings: Settings
+) -> None:
+    small = Settings(redis_url=real_settings.redis_url, max_body_bytes=10_000)
+    client = await aiohttp_client(make_app(small))
+    data = make_noise_image("PNG", size=100)
+    assert len(b64(data)) > 10_000
+    response = await client.post("/tasks", json={"data": b64(data)})
+    message = await assert_error(response, 413, "payload_too_large")
+    assert "10000" in message
+
+
+@pytest.mark.parametrize(
+    ("data", "content"),
+    [
+        ("!!!not base64!!!", "base64"),
+        ("abc", "base64"),  # bad padding
+        ("", "empty"),
+        ("   \n", "empty"),
+        ("é", "base64"),
+        (b64(b"hello, I am not an image"), "not an image"),
+        (b64(make_image("PNG", size=40, height=30)), "square"),
+        (b64(make_image("PNG", size=101)), "pixels"),  # over the limit set below
+    ],
+)
+async def test_post_rejects_bad_images_with_422(
+    aiohttp_client: ClientFactory, real_settings: Settings, data: str, content: str
+) -> None:
+    limited = Settings(redis_url=real_settings.redis_url, max_pixels=100 * 100)
+    client = await aiohttp_client(make_app(limited))
+    response = await client.post("/tasks", json={"data": data})
+    message = await assert_error(response, 422, "invalid_image")
+    assert content in message
+
+
+async def test_post_checks_the_header_only_then_the_worker_fails_it(
+    client: Client, real_settings: Settings
+) -> None:
+    """A PNG whose header is fine but whose pixel data is garbage: accepted, then FAILED."""
+    png = make_image("PNG", size=64)
+    broken = png[:60] + bytes(len(png) - 60)
+    task_id = await post_image(client, broken)
+    await run_worker_until_idle(real_settings, 1)
+    body = await (await client.get(f"/tasks/{task_id}")).json()
+    assert body["status"] == "FAILED"
+    assert body["attempts"] == 1  # a decode failure is permanent: not retried
+    assert "decode" in body["error"]
+
+
+# --- GET /tasks/{id} ---------------------------------------------------------------------------
+
+
+async def test_get_task_shows_the_record(client: Client) -> None:
+    task_id = await post_image(client, make_image("PNG"))
+    response = await client.get(f"/tasks/{task_id}")
+    assert response.status == 200
+    body = await response.json()
+    assert set(body) == {"id", "status", "created_at", "updated_at", "attempts"}
+    assert (body["id"], body["status"], body["attempts"]) == (task_id, "WAITING", 0)
+    assert body["created_at"].endswith("Z")
+
+
+async def test_get_unknown_task_is_404(client: Client) -> None:
+    await assert_error(await client.get("/tasks/does-not-exist"), 404, "not_found")
+
+
+# --- GET /tasks/{id}/image ---------------------------------------------------------------------
+
+
+async def test_full_cycle_original_64_and_32(client: Client, real_settings: Settings) -> None:
+    data = make_image("JPEG", size=300)
+    task_id = await post_image(client, data)
+    await run_worker_until_idle(real_settings, 1)
+    status = await (await client.get(f"/tasks/{task_id}")).json()
+    assert status["status"] == TaskStatus.DONE
+    assert status["attempts"] == 1
+    original = await (await client.get(f"/tasks/{task_id}/image?size=original")).json()
+    assert original == {
+        "id": task_id,
+        "size": "original",
+        "width": 300,
+        "height": 300,
+        "format": "jpeg",
+        "data": b64(data),
+    }
+    for size in (64, 32):
+        response = await client.get(f"/tasks/{task_id}/image", params={"size": str(size)})
+        assert response.status == 200
+        body = await response.json()
+        assert (body["id"], body["size"], body["width"], body["height"]) == (
+            task_id,
+            str(size),
+            size,
+            size,
+        )
+        assert body["format"] == "jpeg"
+        with Image.open(io.BytesIO(base64.b64decode(body["data"]))) as img:
+            assert img.size == (size, size)
+            assert img.format == "JPEG"
+
+
+@pytest.mark.parametrize("query", ["", "?size=", "?size=16", "?size=ORIGINAL", "?size=64x64"])
+async def test_bad_or_missing_size_is_400(client: Client, query: str) -> None:
+    task_id = await post_image(client, make_image("PNG"))
+    message = await assert_error(
+        await client.get(f"/tasks/{task_id}/image{query}"), 400, "bad_request"
+    )
+    assert "original, 64, 32" in message
+
+
+async def test_image_of_unknown_task_is_404(client: Client) -> None:
+    await assert_error(await client.get("/tasks/nope/image?size=64"), 404, "not_found")
+
+
+async def test_resized_image_before_done_is_409_naming_the_status(client: Client) -> None:
+    task_id = await post_image(client, make_image("PNG"))
+    message = await assert_error(
+        await client.get(f"/tasks/{task_id}/image?size=32"), 409, "not_ready"
+    )
+    assert "WAITING" in message
+    original = await client.get(f"/tasks/{task_id}/image?size=original")
+    assert original.status == 200
+
+
+async def test_resized_image_of_a_failed_task_is_409(
+    client: Client, real_settings: Settings
+) -> None:
+    png = make_image("PNG", size=64)
+    task_id = await post_image(client, png[:60] + bytes(len(png) - 60))
+    await run_worker_until_idle(real_settings, 1)
+    message = await assert_error(
+        await client.get(f"/tasks/{task_id}/image?size=64"), 409, "not_ready"
+    )
+    assert "FAILED" in message
+
+
+# --- everything else is JSON too ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code"),
+    [
+        ("GET", "/", 404, "not_found"),
+        ("GET", "/nope", 404, "not_found"),
+        ("GET", "/tasks", 405, "method_not_allowed"),
+        ("DELETE", "/tasks/abc", 405, "method_not_allowed"),
+        ("PUT", "/tasks", 405, "method_not_allowed"),
+        ("POST", "/tasks/abc/image", 405, "method_not_allowed"),
+    ],
+)
+async def test_unknown_routes_and_methods_get_json_errors(
+    client: Client, method: str, path: str, status: int, code: str
+) -> None:
+    await assert_error(await client.request(method, path), status, code)
+
+
+async def test_redis_down_is_503_json_not_a_hang(aiohttp_client: ClientFactory) -> None:
+    dead = Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    client = await aiohttp_client(make_app(dead))
+    for response in (
+        await client.post("/tasks", json={"data": b64(make_image("PNG"))}),
+        await client.get("/tasks/abc"),
+        await client.get("/tasks/abc/image?size=64"),
+    ):
+        message = await assert_error(response, 503, "unavailable")
+        assert "Redis" in message
+    ready = await client.get("/ready")
+    assert ready.status == 503
+    assert (await ready.json())["error"]["failing"] == ["redis"]
+    assert (await client.get("/health")).status == 200
+
+
+async def test_health_and_ready(client: Client) -> None:
+    assert (await client.get("/health")).status == 200
+    ready = await client.get("/ready")
+    assert ready.status == 200
+    assert json.loads(await ready.text())["checks"] == {"redis": "ok"}

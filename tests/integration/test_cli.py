@@ -1,0 +1,181 @@
+"""The ``resizer`` command as a user runs it: real subprocesses, ``resizer up`` included."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import attrs
+import pytest
+from PIL import Image
+
+from resizer.embedded import free_port
+from resizer.processes import resizer_command
+from tests.helpers import make_image, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+@attrs.frozen
+class Up:
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def child_pids(self) -> dict[str, int]:
+        pids = {}
+        for line in self.log.read_text().splitlines():
+            if '"child.started"' in line:
+                event = json.loads(line)
+                pids[event["child"]] = event["pid"]
+        return pids
+
+
+def resizer(*args: str, url: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    result: subprocess.CompletedProcess[str] = subprocess.run(
+        resizer_command(*args, "--url", url) if args[0] != "--version" else resizer_command(*args),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        stdin=subprocess.DEVNULL,
+        **kwargs,  # type: ignore[call-overload]
+    )
+    return result
+
+
+def healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=1) as response:  # noqa: S310
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes.
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split(") ")[1][0] != "Z"
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
+    """``resizer up`` exactly as ``make up`` runs it: embedded Redis, web, workers, recovery."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("up") / "up.log"
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            resizer_command("up", "--port", str(port), "--workers", "2"),
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    service = Up(f"http://127.0.0.1:{port}", proc, log)
+    try:
+        wait_until(lambda: healthy(service.url), 60, "resizer up to serve /health")
+        yield service
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_submit_wait_status_fetch_through_resizer_up(up: Up, tmp_path: Path) -> None:
+    jpeg, png = tmp_path / "photo.jpg", tmp_path / "logo.png"
+    jpeg.write_bytes(make_image("JPEG", size=300))
+    png.write_bytes(make_image("PNG", size=120, mode="RGBA"))
+
+    submitted = resizer("submit", str(jpeg), str(png), "--wait", url=up.url)
+    assert submitted.returncode == 0, submitted.stderr
+    ids = submitted.stdout.split()
+    assert len(ids) == 2
+
+    status = resizer("status", ids[0], url=up.url)
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.startswith(f"{ids[0]}  DONE  attempts=1")
+
+    for task_id, fmt in zip(ids, ("JPEG", "PNG"), strict=True):
+        for size in ("64", "32"):
+            target = tmp_path / f"{task_id}-{size}.img"
+            fetched = resizer("fetch", task_id, "--size", size, "-o", str(target), url=up.url)
+            assert fetched.returncode == 0, fetched.stderr
+            with Image.open(target) as img:
+                assert img.size == (int(size), int(size))
+                assert img.format == fmt
+    original = tmp_path / "original.jpg"
+    assert (
+        resizer("fetch", ids[0], "--size", "original", "-o", str(original), url=up.url).returncode
+        == 0
+    )
+    assert original.read_bytes() == jpeg.read_bytes()
+
+
+def test_up_runs_workers_as_resizer_work_children_and_restarts_them(up: Up) -> None:
+    pids = up.child_pids()
+    worker_pids = [pid for name, pid in pids.items() if name.startswith("worker-")]
+    assert len(worker_pids) == 2
+    for pid in worker_pids:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert cmdline[-3:-1] == [b"resizer", b"work"]
+    os.kill(worker_pids[0], signal.SIGKILL)
+    wait_until(lambda: up.child_pids()["worker-0"] != worker_pids[0], 30, "worker-0 restarted")
+    assert alive(up.child_pids()["worker-0"])
+
+
+def test_failures_are_one_clear_line_and_a_nonzero_exit(up: Up, tmp_path: Path) -> None:
+    rect = tmp_path / "wide.png"
+    rect.write_bytes(make_image("PNG", size=80, height=40))
+    rejected = resizer("submit", str(rect), url=up.url)
+    assert rejected.returncode == 1
+    assert rejected.stderr.strip().count("\n") == 0
+    assert "square" in rejected.stderr
+    assert "Traceback" not in rejected.stderr
+
+    missing = resizer("status", "no-such-task", url=up.url)
+    assert missing.returncode == 1
+    assert "404" in missing.stderr
+
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    unreachable = resizer("status", "abc", url=nowhere)
+    assert unreachable.returncode == 1
+    assert nowhere in unreachable.stderr
+    assert "resizer up" in unreachable.stderr
+    assert "Traceback" not in unreachable.stderr
+
+
+def test_submit_wait_exits_nonzero_when_a_task_fails(up: Up, tmp_path: Path) -> None:
+    png = make_image("PNG", size=64)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(png[:60] + bytes(len(png) - 60))  # the header passes, the pixels do not
+    result = resizer("submit", str(broken), "--wait", url=up.url)
+    assert result.returncode == 1
+    assert "FAILED" in result.stderr
+
+
+def test_version() -> None:
+    result = resizer("--version", url="")
+    assert result.returncode == 0
+    assert result.stdout.startswith("resizer ")
+
+
+def test_sigterm_stops_up_and_leaves_no_process_behind(up: Up) -> None:
+    """Runs last in this module: it stops the shared ``up``."""
+    pids = up.child_pids()
+    assert {"web", "recover", "worker-0", "worker-1"} <= set(pids)
+    up.proc.send_signal(signal.SIGTERM)
+    assert up.proc.wait(60) == 0
+    for name, pid in up.child_pids().items():
+        assert not alive(pid), f"{name} (pid {pid}) outlived resizer up"
+    assert not healthy(up.url)

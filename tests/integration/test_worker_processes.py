@@ -1,0 +1,191 @@
+"""Real ``resizer work`` processes against a real Redis: killed, stopped, stalled, raced."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import attrs
+import pytest
+from PIL import Image
+
+from resizer import imaging
+from resizer.config import Settings
+from resizer.models import ImageSize, Task, TaskStatus
+from resizer.processes import resizer_command
+from resizer.store import LEASES, PROCESSING, WAITING, Store
+from tests.helpers import await_until, make_image
+
+pytestmark = pytest.mark.integration
+
+
+@attrs.define
+class Processes:
+    """Starts ``resizer`` subcommands as real processes; kills what is left at the end."""
+
+    settings: Settings
+    logs: Path
+    started: list[subprocess.Popen[bytes]] = attrs.Factory(list)
+
+    def start(self, *args: str, failpoints: str = "") -> subprocess.Popen[bytes]:
+        env = {**os.environ, **self.settings.to_env(), "RESIZER_FAILPOINTS": failpoints}
+        log = (self.logs / f"{args[0]}-{len(self.started)}.log").open("wb")
+        proc = subprocess.Popen(
+            resizer_command(*args), env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        self.started.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in self.started:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def procs(real_settings: Settings, tmp_path: Path) -> Iterator[Processes]:
+    processes = Processes(attrs.evolve(real_settings, lease_seconds=1, max_attempts=3), tmp_path)
+    yield processes
+    processes.stop_all()
+
+
+@pytest.fixture
+async def store(procs: Processes) -> Store:
+    return Store(Store.client_for(procs.settings.redis_url), procs.settings)
+
+
+async def submit(store: Store, data: bytes | None = None) -> str:
+    data = data or make_image("JPEG", size=256)
+    task = await store.create_task(imaging.inspect(data, store.settings.max_pixels), data)
+    return task.id
+
+
+async def task_of(store: Store, task_id: str) -> Task:
+    task = await store.get_task(task_id)
+    assert task is not None
+    return task
+
+
+async def wait_status(store: Store, task_id: str, status: TaskStatus, timeout: float = 30) -> Task:
+    async def reached() -> bool:
+        return (await task_of(store, task_id)).status is status
+
+    await await_until(reached, timeout, f"task {task_id} to be {status}")
+    return await task_of(store, task_id)
+
+
+async def assert_done_with_both_sizes(store: Store, task_id: str) -> None:
+    for size in (ImageSize.S64, ImageSize.S32):
+        task, image = await store.get_task_and_image(task_id, size)
+        assert task is not None
+        assert task.status is TaskStatus.DONE
+        assert image is not None
+        with Image.open(io.BytesIO(base64.b64decode(image))) as img:
+            assert img.size == (int(size.value),) * 2
+
+
+async def assert_queues_empty(store: Store) -> None:
+    assert await store.redis.llen(WAITING) == 0
+    assert await store.redis.llen(PROCESSING) == 0
+    assert await store.redis.zcard(LEASES) == 0
+
+
+async def test_sigkill_mid_task_is_recovered_and_done(procs: Processes, store: Store) -> None:
+    victim = procs.start("work", failpoints="during_resize=sleep:60")
+    task_id = await submit(store)
+    await wait_status(store, task_id, TaskStatus.IN_PROGRESS)
+    victim.send_signal(signal.SIGKILL)
+    assert victim.wait(10) == -signal.SIGKILL
+    assert (await task_of(store, task_id)).status is TaskStatus.IN_PROGRESS  # orphaned, not lost
+
+    procs.start("work")  # its periodic recovery re-queues the task once the lease expires
+    done = await wait_status(store, task_id, TaskStatus.DONE)
+    assert done.attempts == 2
+    await assert_done_with_both_sizes(store, task_id)
+    await assert_queues_empty(store)
+
+
+async def test_sigterm_finishes_the_current_task_then_exits_0(
+    procs: Processes, store: Store
+) -> None:
+    worker = procs.start("work", failpoints="during_resize=sleep:2")
+    task_id = await submit(store)
+    await wait_status(store, task_id, TaskStatus.IN_PROGRESS)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+    task = await task_of(store, task_id)
+    assert (task.status, task.attempts) == (TaskStatus.DONE, 1)
+    await assert_done_with_both_sizes(store, task_id)
+
+
+async def test_a_task_that_crashes_its_worker_every_time_ends_failed(
+    procs: Processes, store: Store
+) -> None:
+    procs.settings = attrs.evolve(procs.settings, max_attempts=2)
+    store.settings = procs.settings
+    task_id = await submit(store)
+    for _ in range(procs.settings.max_attempts):
+        crashing = procs.start("work", failpoints="after_claim=kill")
+        assert crashing.wait(30) == -signal.SIGKILL
+    # One more worker: its recovery pass finds the last lease expired at the cap.
+    survivor = procs.start("work")
+    failed = await wait_status(store, task_id, TaskStatus.FAILED)
+    assert failed.attempts == 2
+    assert failed.error is not None
+    assert "gave up after 2 attempts" in failed.error
+    await assert_queues_empty(store)
+    survivor.send_signal(signal.SIGTERM)
+    assert survivor.wait(10) == 0
+
+
+async def test_recovery_racing_live_workers_never_double_processes(
+    procs: Processes, store: Store
+) -> None:
+    """Every task takes longer than the lease; two tight recovery loops run all along.
+
+    Heartbeats keep every live lease, so each task is claimed exactly once.
+    """
+    for _ in range(2):
+        procs.start("work", failpoints="during_resize=sleep:1.5")
+    for _ in range(2):
+        procs.start("recover", "--every", "0.1")
+    ids = [await submit(store) for _ in range(6)]
+    for task_id in ids:
+        task = await wait_status(store, task_id, TaskStatus.DONE, timeout=60)
+        assert task.attempts == 1, f"{task_id} was claimed {task.attempts} times"
+        await assert_done_with_both_sizes(store, task_id)
+    await assert_queues_empty(store)
+
+
+async def test_a_stalled_worker_loses_its_task_and_its_late_result_is_refused(
+    procs: Processes, store: Store
+) -> None:
+    stalled = procs.start("work", failpoints="during_resize=sleep:3")
+    task_id = await submit(store, make_image("PNG", size=128))
+    await wait_status(store, task_id, TaskStatus.IN_PROGRESS)
+    stalled.send_signal(signal.SIGSTOP)  # presumed dead: no more heartbeats
+    try:
+        procs.start("work")
+        winner = await wait_status(store, task_id, TaskStatus.DONE)
+        assert winner.attempts == 2
+        _, image_before = await store.get_task_and_image(task_id, ImageSize.S64)
+    finally:
+        stalled.send_signal(signal.SIGCONT)
+    stalled.send_signal(signal.SIGTERM)
+    assert stalled.wait(30) == 0  # it finished its (refused) task and stopped cleanly
+    after, image_after = await store.get_task_and_image(task_id, ImageSize.S64)
+    assert after is not None
+    assert (after.status, after.attempts, after.updated_at) == (
+        TaskStatus.DONE,
+        2,
+        winner.updated_at,
+    )
+    assert image_after == image_before
+    log = (procs.logs / "work-0.log").read_text()
+    assert "lease.lost" in log

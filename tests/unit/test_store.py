@@ -1,0 +1,295 @@
+"""Every store and queue operation on fakeredis, including the atomic steps and the token check."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+
+import pytest
+
+from resizer.models import Claim, ImageInfo, ImageSize, TaskStatus
+from resizer.store import LEASES, PROCESSING, WAITING, Store, image_key, task_key
+
+INFO = ImageInfo(format="png", width=100, height=100)
+IMAGES = {64: base64.b64encode(b"sixty-four"), 32: base64.b64encode(b"thirty-two")}
+
+
+async def expire_lease(store: Store, task_id: str) -> None:
+    """Move a lease deadline into the past, as if its worker stopped renewing long ago."""
+    assert await store.redis.zadd(LEASES, {task_id: 0}, xx=True) == 0
+    assert await store.redis.zscore(LEASES, task_id) == 0
+
+
+async def take_and_claim(store: Store, worker: str = "w1") -> Claim:
+    task_id = await store.take(0.01)
+    assert task_id is not None
+    claim = await store.claim(task_id, worker)
+    assert claim is not None
+    return claim
+
+
+async def lists(store: Store) -> tuple[list[bytes], list[bytes], list[bytes]]:
+    """(waiting, processing, leased): the three queue structures, as raw ids."""
+    waiting: list[bytes] = await store.redis.lrange(WAITING, 0, -1)  # type: ignore[assignment]
+    processing: list[bytes] = await store.redis.lrange(PROCESSING, 0, -1)  # type: ignore[assignment]
+    leased: list[bytes] = await store.redis.zrange(LEASES, 0, -1)  # type: ignore[assignment]
+    return waiting, processing, leased
+
+
+async def lease_deadline(store: Store, task_id: str) -> float:
+    score = await store.redis.zscore(LEASES, task_id)
+    assert score is not None
+    return score
+
+
+async def test_create_stores_task_and_original_atomically_and_queues_it(fake_store: Store) -> None:
+    task = await fake_store.create_task(INFO, b"\x89PNG raw bytes")
+    stored = await fake_store.get_task(task.id)
+    assert stored is not None
+    assert stored.status is TaskStatus.WAITING
+    assert stored.attempts == 0
+    assert stored.original == INFO
+    assert stored.created_at == stored.updated_at == task.created_at
+    assert await fake_store.get_original(task.id) == b"\x89PNG raw bytes"
+    assert await lists(fake_store) == ([task.id.encode()], [], [])
+    ttl_ms = fake_store.settings.ttl_seconds * 1000
+    for key in (task_key(task.id), image_key(task.id, ImageSize.ORIGINAL)):
+        assert 0 < await fake_store.redis.pttl(key) <= ttl_ms
+
+
+async def test_unknown_task_is_none(fake_store: Store) -> None:
+    assert await fake_store.get_task("nope") is None
+    assert await fake_store.get_task_and_image("nope", ImageSize.S64) == (None, None)
+
+
+async def test_queue_is_fifo(fake_store: Store) -> None:
+    ids = [(await fake_store.create_task(INFO, b"x")).id for _ in range(3)]
+    assert [await fake_store.take(0.01) for _ in ids] == ids
+
+
+async def test_take_times_out_on_an_empty_queue(fake_store: Store) -> None:
+    assert await fake_store.take(0.05) is None
+
+
+async def test_claim_sets_in_progress_counts_the_attempt_and_leases(fake_store: Store) -> None:
+    task = await fake_store.create_task(INFO, b"x")
+    claim = await take_and_claim(fake_store)
+    assert claim.task_id == task.id
+    assert claim.attempt == 1
+    stored = await fake_store.get_task(task.id)
+    assert stored is not None
+    assert stored.status is TaskStatus.IN_PROGRESS
+    assert stored.attempts == 1
+    assert await fake_store.redis.hget(task_key(task.id), "token") == claim.token.encode()
+    _, processing, leased = await lists(fake_store)
+    assert processing == leased == [task.id.encode()]
+    deadline = await lease_deadline(fake_store, task.id)
+    created_ms = task.created_at.timestamp() * 1000
+    lease_ms = fake_store.settings.lease_seconds * 1000
+    assert created_ms + lease_ms <= deadline < created_ms + lease_ms + 5000
+
+
+async def test_a_duplicate_delivery_is_not_claimed_twice(fake_store: Store) -> None:
+    task = await fake_store.create_task(INFO, b"x")
+    await take_and_claim(fake_store)
+    # A second copy of the id in `processing` (a worker took it in a race) must not be claimed.
+    await fake_store.redis.lpush(PROCESSING, task.id)
+    assert await fake_store.claim(task.id, "w2") is None
+    assert await fake_store.redis.lrange(PROCESSING, 0, -1) == [task.id.encode()]
+
+
+async def test_claim_of_an_expired_task_cleans_up(fake_store: Store) -> None:
+    task = await fake_store.create_task(INFO, b"x")
+    await fake_store.redis.delete(task_key(task.id))
+    assert await fake_store.take(0.01) == task.id
+    assert await fake_store.claim(task.id, "w1") is None
+    assert await lists(fake_store) == ([], [], [])
+
+
+async def test_renew_extends_only_the_current_lease(fake_store: Store) -> None:
+    await fake_store.create_task(INFO, b"x")
+    claim = await take_and_claim(fake_store)
+    await fake_store.redis.zadd(LEASES, {claim.task_id: 1}, xx=True)
+    assert await fake_store.renew(claim) is True
+    assert await lease_deadline(fake_store, claim.task_id) > 1
+    stale = Claim(task_id=claim.task_id, token="not-the-token", attempt=1)
+    await fake_store.redis.zadd(LEASES, {claim.task_id: 1}, xx=True)
+    assert await fake_store.renew(stale) is False
+    assert await fake_store.redis.zscore(LEASES, claim.task_id) == 1
+
+
+async def test_complete_writes_every_size_and_done_in_one_step(fake_store: Store) -> None:
+    task = await fake_store.create_task(INFO, b"x")
+    claim = await take_and_claim(fake_store)
+    assert await fake_store.complete(claim, "png", IMAGES) is True
+    stored = await fake_store.get_task(task.id)
+    assert stored is not None
+    assert stored.status is TaskStatus.DONE
+    assert stored.result_format == "png"
+    for size, data in IMAGES.items():
+        _, image = await fake_store.get_task_and_image(task.id, ImageSize(str(size)))
+        assert image == data
+        # Results expire with their task, not later.
+        assert (
+            0
+            < await fake_store.redis.pttl(image_key(task.id, size))
+            <= await fake_store.redis.pttl(task_key(task.id)) + 50
+        )
+    assert await fake_store.redis.hget(task_key(task.id), "token") is None
+    assert await lists(fake_store) == ([], [], [])
+
+
+async def test_complete_with_a_stale_token_writes_nothing(fake_store: Store) -> None:
+    task = await fake_store.create_task(INFO, b"x")
+    claim = await take_and_claim(fake_store)
+    stale = Claim(task_id=claim.task_id, token="old", attempt=1)
+    assert await fake_store.complete(stale, "png", IMAGES) is False
+    stored = await fake_store.get_task(task.id)
+    assert stored is not None
+    assert stored.status is TaskStatus.IN_PROGRESS
+    assert await fake_store.redis.exists(image_key(task.id, 64), image_key(task.id, 32)) == 0
+
+
+async def test_a_presumed_dead_worker_cannot_overwrite_the_newer_attempt(fake_store: Store) -> None:
+    task = await fake_store.create_task(INFO, b"x")
+    first = await take_and_claim(fake_store, "slow")
+    await expire_lease(fake_store, task.id)
+    report = await fake_store.recover()
+    assert report.requeued == [task.id]
+    second = await take_and_claim(fake_store, "fast")
+    assert second.attempt == 2
+    assert await fake_store.renew(first) is False
+    assert await fake_store.complete(second, "png", IMAGES) is True
+    late = {64: base64.b64encode(b"late"), 32: base64.b64encode(b"late")}
+    assert await fake_store.complete(first, "jpeg", late) is False
+    assert await fake_store.fail(first, "late failure") is False
+    stored = await fake_store.get_task(task.id)
+    assert stored is not None
+    assert (stored.status, stored.result_format, stored.error) == (TaskStatus.DONE, "png", None)
+    _, image = await fake_store.get_task_and_image(task.id, ImageSize.S64)
+    assert image == IMAGES[64]
+
+
+async def test_fail_is_permanent_with_the_reason(fake_store: Store) -> None:
+    task = await fake_store.create_task(INFO, b"x")
+    claim = await take_and_claim(fake_store)
+    assert await fake_store.fail(claim, "cannot decode: truncated") is True
+    stored = await fake_store.get_task(task.id)
+    assert stored is not None
+    assert (stored.status, stored.error) == (TaskStatus.FAILED, "cannot decode: truncated")
+    assert await lists(fake_store) == ([], [], [])
+
+
+async def test_retry_requeues_until_the_attempt_cap_then_fails(fake_store: Store) -> None:
+    task = await fake_store.create_task(INFO, b"x")
+    for attempt in range(1, fake_store.settings.max_attempts):
+        claim = await take_and_claim(fake_store)
+        assert claim.attempt == attempt
+        assert await fake_store.retry(claim, "RuntimeError: boom") == "requeued"
+        assert await lists(fake_store) == ([task.id.encode()], [], [])
+    claim = await take_and_claim(fake_store)
+    assert await fake_store.retry(claim, "RuntimeError: boom") == "failed"
+    stored = await fake_store.get_task(task.id)
+    assert stored is not None
+    assert stored.status is TaskStatus.FAILED
+    assert stored.error is not None
+    assert "gave up after 3 attempts" in stored.error
+    assert "RuntimeError: boom" in stored.error
+    assert await lists(fake_store) == ([], [], [])
+    assert await fake_store.retry(claim, "again") == "stale"
+
+
+async def test_recover_leaves_live_leases_alone(fake_store: Store) -> None:
+    await fake_store.create_task(INFO, b"x")
+    claim = await take_and_claim(fake_store)
+    report = await fake_store.recover()
+    assert report.requeued == report.failed == report.adopted == []
+    assert await fake_store.renew(claim) is True
+
+
+async def test_recover_requeues_expired_then_fails_at_the_cap(fake_store: Store) -> None:
+    task = await fake_store.create_task(INFO, b"x")
+    for _ in range(fake_store.settings.max_attempts - 1):
+        await take_and_claim(fake_store)
+        await expire_lease(fake_store, task.id)
+        assert (await fake_store.recover()).requeued == [task.id]
+        stored = await fake_store.get_task(task.id)
+        assert stored is not None
+        assert stored.status is TaskStatus.WAITING
+    await take_and_claim(fake_store)
+    await expire_lease(fake_store, task.id)
+    assert (await fake_store.recover()).failed == [task.id]
+    stored = await fake_store.get_task(task.id)
+    assert stored is not None
+    assert stored.status is TaskStatus.FAILED
+    assert stored.error is not None
+    assert "gave up after 3 attempts" in stored.error
+    assert "lease" in stored.error
+    assert await lists(fake_store) == ([], [], [])
+
+
+async def test_recover_adopts_a_taken_but_unclaimed_id_then_requeues_it(fake_store: Store) -> None:
+    task = await fake_store.create_task(INFO, b"x")
+    assert await fake_store.take(0.01) == task.id  # ... and the worker dies before claiming
+    report = await fake_store.recover()
+    assert report.adopted == [task.id]
+    assert report.requeued == []
+    assert (await fake_store.recover()).adopted == []  # adopting is done once
+    await expire_lease(fake_store, task.id)
+    assert (await fake_store.recover()).requeued == [task.id]
+    stored = await fake_store.get_task(task.id)
+    assert stored is not None
+    assert (stored.status, stored.attempts) == (TaskStatus.WAITING, 0)
+    assert await lists(fake_store) == ([task.id.encode()], [], [])
+
+
+async def test_a_late_claim_after_adoption_still_works(fake_store: Store) -> None:
+    task = await fake_store.create_task(INFO, b"x")
+    assert await fake_store.take(0.01) == task.id
+    assert (await fake_store.recover()).adopted == [task.id]
+    claim = await fake_store.claim(task.id, "slow-starter")
+    assert claim is not None
+    assert await fake_store.complete(claim, "png", IMAGES) is True
+    assert await lists(fake_store) == ([], [], [])
+
+
+async def test_concurrent_recoveries_requeue_each_task_once(fake_store: Store) -> None:
+    ids = [(await fake_store.create_task(INFO, b"x")).id for _ in range(20)]
+    for _ in ids:
+        await take_and_claim(fake_store)
+    for task_id in ids:
+        await expire_lease(fake_store, task_id)
+    reports = await asyncio.gather(*(fake_store.recover(batch=3) for _ in range(4)))
+    requeued = [task_id for report in reports for task_id in report.requeued]
+    assert sorted(requeued) == sorted(ids)
+    waiting, processing, leased = await lists(fake_store)
+    assert sorted(waiting) == sorted(i.encode() for i in ids)
+    assert processing == leased == []
+
+
+async def test_recover_drops_ids_of_tasks_that_expired(fake_store: Store) -> None:
+    task = await fake_store.create_task(INFO, b"x")
+    await take_and_claim(fake_store)
+    await fake_store.redis.delete(task_key(task.id))
+    await expire_lease(fake_store, task.id)
+    report = await fake_store.recover()
+    assert report.requeued == report.failed == []
+    assert await lists(fake_store) == ([], [], [])
+
+
+async def test_queue_lengths(fake_store: Store) -> None:
+    for _ in range(3):
+        await fake_store.create_task(INFO, b"x")
+    await take_and_claim(fake_store)
+    assert await fake_store.queue_lengths() == (2, 1)
+
+
+@pytest.mark.parametrize("size", [ImageSize.ORIGINAL, ImageSize.S64])
+async def test_task_and_image_come_from_one_round_trip(fake_store: Store, size: ImageSize) -> None:
+    task = await fake_store.create_task(INFO, b"orig")
+    claim = await take_and_claim(fake_store)
+    await fake_store.complete(claim, "png", IMAGES)
+    found, image = await fake_store.get_task_and_image(task.id, size)
+    assert found is not None
+    assert found.id == task.id
+    assert image == (b"orig" if size is ImageSize.ORIGINAL else IMAGES[64])
