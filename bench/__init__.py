@@ -1,0 +1,1 @@
+"""`make bench`: corpus generation and the benchmark of the service (see BENCHMARKS.md)."""

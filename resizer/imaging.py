@@ -1,0 +1,383 @@
+"""The image pipeline: pure functions, bytes in, bytes out. Knows nothing of Redis or HTTP.
+
+``inspect`` reads only the header (cheap, safe for the web process); ``make_thumbnails`` decodes
+once and produces every size (the worker's job).
+
+How a thumbnail is made, and why in this order (figures in BENCHMARKS.md):
+
+1. JPEG shrinks on load (``draft``): libjpeg-turbo's scaled IDCT decodes at 1/2..1/8 of the size
+   for a fraction of the cost. The scale is the smallest that keeps the result at least
+   ``_DRAFT_FACTOR`` times the largest target, which keeps the thumbnails above the quality bar.
+2. The pixels are brought to one of four working modes (RGB, RGBA, L, LA) at whatever size the
+   decoder gave; palettes become RGB(A) so they are filtered, not nearest-neighboured.
+3. One resize to the largest size: ``reduce()`` by the largest integer factor that leaves at least
+   ``_REDUCING_GAP`` times the target (a cheap exact box filter), then LANCZOS.
+4. Orientation and colour conversion to sRGB are applied to that small result: both are per-pixel
+   (or a pure permutation of pixels), so doing them on 4096 pixels instead of millions is where
+   most of the speed of ICC and EXIF handling comes from, at a measured cost well under the bar.
+5. Each smaller size is derived from the largest result (measured: as cheap as from the
+   intermediate, and scores higher).
+6. Alpha is composited on white only for JPEG, which cannot carry it.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+from collections.abc import Iterable
+
+from PIL import (
+    AvifImagePlugin,
+    BmpImagePlugin,
+    GifImagePlugin,
+    Image,
+    ImageCms,
+    JpegImagePlugin,
+    PngImagePlugin,
+    TiffImagePlugin,
+    UnidentifiedImageError,
+    WebPImagePlugin,
+)
+
+from resizer.errors import ImageDecodeError, InvalidImage
+from resizer.models import SIZES, ImageInfo, Thumbnail
+
+# What we open. Pillow knows many more formats, but some of them hand the bytes to an external
+# program (EPS runs Ghostscript) or are rarely seen outside exploits; a short list keeps the
+# attack surface to well-fuzzed decoders. (Phones' multi-picture JPEGs open through "JPEG" and
+# report themselves as "MPO".)
+INPUT_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP", "AVIF")
+# Image.open(formats=...) only knows plugins that were imported; import exactly these (and not
+# Image.init(), which registers every format).
+_PLUGINS = (
+    AvifImagePlugin,
+    BmpImagePlugin,
+    GifImagePlugin,
+    JpegImagePlugin,
+    PngImagePlugin,
+    TiffImagePlugin,
+    WebPImagePlugin,
+)
+
+# Formats Pillow writes well at thumbnail size; anything else comes out as PNG.
+_OUTPUT_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
+_ALIASES = {"mpo": "jpeg"}  # a multi-picture JPEG's first picture is a plain JPEG
+_CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
+
+# Measured on the benchmark corpus (bench/kernel.py --sweep): decoding JPEG at 1/8 scale (DC only)
+# and then resizing still scores >= 42 dB at 64 px, but the margin is thin on grainy photos; a
+# draft of at least 2x the target costs little more and keeps a clear margin.
+_DRAFT_FACTOR = 2
+# CMYK's conversion is far from linear, so as little averaging as possible may happen before it:
+# the DCT's own averaging at 1/8 costs ~8 dB on the corpus scan, at 1/4 it does not.
+_DRAFT_FACTOR_CMYK = 4
+# reduce() is a box filter: exact and very fast, but it aliases when it does the whole job.
+# Leaving LANCZOS at least this factor of the target to do keeps the result above the bar.
+_REDUCING_GAP = 3.0
+
+# At 64x64, JPEG's 4:2:0 chroma smears colour edges over a quarter of the image: 4:4:4 and
+# quality 95 are what it takes to reach the delivered-file bar (>= 36 dB); the files stay small.
+_JPEG_QUALITY = 97
+# Lossy WebP is always 4:2:0 and misses the bar on colourful images at this size; lossless WebP
+# of a 64x64 is a few KB, so the delivered file is exactly the resized pixels.
+_WEBP_LOSSLESS = True
+
+_ORIENTATION_TAG = 0x0112
+_TRANSPOSES = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def inspect(data: bytes, max_pixels: int) -> ImageInfo:
+    """Identify an image from its header: format and dimensions, no pixel decoding."""
+    if not data:
+        raise InvalidImage("the image is empty")
+    try:
+        with Image.open(io.BytesIO(data), formats=INPUT_FORMATS) as img:
+            fmt = (img.format or "").lower()
+            width, height = img.size
+    except Image.DecompressionBombError as exc:
+        raise InvalidImage(f"the image has too many pixels: {exc}") from None
+    except UnidentifiedImageError:
+        raise InvalidImage(
+            "not an image in a supported format (JPEG, PNG, WebP, GIF, TIFF, BMP, AVIF)"
+        ) from None
+    except Exception as exc:
+        # A header parser fed hostile bytes can fail in any way (struct.error, IndexError...);
+        # all of them mean the same thing to the client.
+        raise InvalidImage(f"not an image Pillow can read: {_describe(exc)}") from None
+    if width <= 0 or height <= 0:
+        raise InvalidImage(f"the image has no pixels ({width}x{height})")
+    if width != height:
+        raise InvalidImage(f"the image must be square, got {width}x{height}")
+    if width * height > max_pixels:
+        raise InvalidImage(
+            f"the image is {width}x{height} = {width * height} pixels,"
+            f" over the limit of {max_pixels}"
+        )
+    return ImageInfo(format=fmt, width=width, height=height)
+
+
+def output_format(input_format: str) -> str:
+    """The format a thumbnail is written in: the input's where Pillow writes it well, else PNG."""
+    fmt = _ALIASES.get(input_format, input_format)
+    return fmt if fmt in _OUTPUT_FORMATS else "png"
+
+
+def content_type(fmt: str) -> str:
+    """The media type of a thumbnail written in ``fmt`` (an ``output_format`` result)."""
+    return _CONTENT_TYPES.get(fmt, "application/octet-stream")
+
+
+def make_thumbnails(data: bytes, sizes: tuple[int, ...] = SIZES) -> list[Thumbnail]:
+    """Decode once and produce one encoded thumbnail per size, largest first.
+
+    Raises ImageDecodeError for any input that cannot be turned into thumbnails. The work is a
+    deterministic function of the bytes, so any failure other than running out of memory would
+    fail the same way on a retry: it is reported as permanent, with Pillow's reason.
+    """
+    fmt, images = thumbnail_images(data, sizes)
+    try:
+        return [Thumbnail(size=img.width, format=fmt, data=_encode(img, fmt)) for img in images]
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise ImageDecodeError(f"the thumbnail could not be encoded: {_describe(exc)}") from None
+
+
+def thumbnail_images(data: bytes, sizes: tuple[int, ...] = SIZES) -> tuple[str, list[Image.Image]]:
+    """The thumbnails' pixels before encoding (RGB, RGBA, L or LA), largest first, and the
+    format they are to be written in. Raises ImageDecodeError like ``make_thumbnails``."""
+    wanted = sorted(set(sizes), reverse=True)
+    if not wanted or wanted[-1] <= 0:
+        raise ValueError(f"sizes must be positive, got {sizes!r}")
+    try:
+        return _thumbnail_images(data, wanted)
+    except (ImageDecodeError, MemoryError):
+        raise
+    except UnidentifiedImageError:
+        raise ImageDecodeError("not an image in a supported format") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(f"the image is too large to decode: {exc}") from None
+    except Exception as exc:
+        raise ImageDecodeError(f"the image could not be decoded: {_describe(exc)}") from None
+
+
+def _thumbnail_images(data: bytes, sizes: list[int]) -> tuple[str, list[Image.Image]]:
+    with Image.open(io.BytesIO(data), formats=INPUT_FORMATS) as img:
+        fmt = output_format((img.format or "").lower())
+        width, height = img.size
+        # Pillow's own bomb limit, as an error rather than a warning (warnings filters are
+        # process-global and easily reset, so check it here instead of relying on them).
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit is not None and width * height > limit:
+            raise ImageDecodeError(
+                f"the image is {width}x{height} pixels, over the decoder's limit of {limit}"
+            )
+        if width <= 0 or height <= 0:
+            raise ImageDecodeError(f"the image has no pixels ({width}x{height})")
+        target = sizes[0]
+        # The part of the decoded pixels that the original covers: shrinking by a factor that does
+        # not divide the size leaves a partial last row and column, which must not be stretched.
+        extent = float(width)
+        if img.format in ("JPEG", "MPO"):
+            # CMYK is averaged before its (very non-linear) conversion, so it needs more pixels.
+            wanted = target * (_DRAFT_FACTOR_CMYK if img.mode == "CMYK" else _DRAFT_FACTOR)
+            drafted = img.draft(img.mode, (wanted, wanted))
+            if drafted is not None:
+                extent = drafted[1][2]
+        # Reading the orientation after load() matters for PNG, where EXIF may follow the pixels
+        # (and getexif() would otherwise decode the image a second time).
+        img.load()
+        orientation = _orientation(img)
+        icc = img.info.get("icc_profile")
+        work = _working_mode(img)
+    profile = icc if isinstance(icc, bytes) else None
+    # Colour profiles are not linear in the encoded values, so converting after averaging is not
+    # the same as averaging after converting. For RGB profiles the difference is tiny and the
+    # conversion runs on the reduced image (cheap); for CMYK it shifts colours by tens of levels,
+    # so CMYK is converted before any filtering.
+    if work.mode == "CMYK":
+        work, profile = _to_srgb(work, profile), None
+    factor = int(extent / (target * _REDUCING_GAP))
+    if factor > 1:
+        work = work.reduce(factor)
+        extent /= factor
+    work = _to_srgb(work, profile)
+    largest = work.resize(
+        (target, target), Image.Resampling.LANCZOS, box=(0.0, 0.0, extent, extent)
+    )
+    if orientation in _TRANSPOSES:
+        largest = largest.transpose(_TRANSPOSES[orientation])
+    results = [largest]
+    for size in sizes[1:]:
+        smaller = largest.resize((size, size), Image.Resampling.LANCZOS)
+        results.append(_on_white(smaller) if fmt == "jpeg" else smaller)
+    if fmt == "jpeg":
+        results[0] = _on_white(largest)
+    return fmt, results
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text[:200]
+
+
+def _orientation(img: Image.Image) -> int:
+    try:
+        value = img.getexif().get(_ORIENTATION_TAG, 1)
+    except Exception:
+        # Broken EXIF is common (editors, truncation) and says nothing about the pixels, which
+        # decoded fine: show them as stored, as browsers do.
+        return 1
+    return value if isinstance(value, int) else 1
+
+
+def _working_mode(img: Image.Image) -> Image.Image:
+    """Bring any decoded mode to RGB, RGBA, L or LA (8 bits), keeping alpha and grayness.
+
+    CMYK stays CMYK here: it is converted (with its ICC profile if any) after the resize.
+    """
+    mode = img.mode
+    if mode in ("RGB", "RGBA", "L", "LA", "CMYK"):
+        return img
+    if mode == "1":
+        return img.convert("L")
+    if mode in ("P", "PA"):
+        has_alpha = mode == "PA" or "transparency" in img.info
+        if has_alpha:
+            return img.convert("RGBA")
+        return img.convert("L") if _palette_is_gray(img) else img.convert("RGB")
+    if mode.startswith("I;16") or mode == "I":
+        # 16-bit samples (PNG, TIFF): scale to 8 bits. Pillow's own convert("L") clips at 255,
+        # which would turn a 16-bit scan almost white.
+        return img.convert("I").point(lambda v: v * (1 / 257)).convert("L")
+    if mode == "F":
+        # Floating-point TIFFs are conventionally 0..1; some tools write 0..255.
+        _, high = img.getextrema()
+        scale = 255.0 if isinstance(high, float) and high <= 1.0 else 1.0
+        return img.point(lambda v: v * scale).convert("L")
+    if mode in ("La", "RGBa"):
+        return img.convert("RGBA" if mode == "RGBa" else "LA")
+    if mode == "LAB":
+        return ImageCms.applyTransform(img, _lab_to_srgb()) or img
+    # RGBX, YCbCr, HSV and anything else Pillow can convert.
+    return img.convert("RGB")
+
+
+def _palette_is_gray(img: Image.Image) -> bool:
+    palette = img.getpalette()
+    if not palette:
+        return False
+    used = img.getcolors(256)
+    indices: Iterable[int] = (
+        (int(index) for _, index in used if isinstance(index, int))  # P pixels are indices
+        if used
+        else range(len(palette) // 3)
+    )
+    for index in indices:
+        r, g, b = palette[index * 3 : index * 3 + 3]
+        if not r == g == b:
+            return False
+    return True
+
+
+def _to_srgb(img: Image.Image, icc: bytes | None) -> Image.Image:
+    """Convert to sRGB using the embedded profile; CMYK without a profile uses the naive formula.
+
+    A profile that is malformed or does not match the pixels is ignored, as browsers do.
+    """
+    if icc:
+        transform = _transform_for(icc, img.mode)
+        if transform is not None:
+            converted = ImageCms.applyTransform(img, transform)
+            if converted is not None:
+                img = converted
+                if img.mode in ("RGB", "RGBA") and _was_gray(icc):
+                    img = img.convert("LA" if img.mode == "RGBA" else "L")
+    if img.mode == "CMYK":
+        # Pillow's CMYK->RGB is the multiplicative (255-C)(255-K)/255 that browsers use for
+        # untagged CMYK.
+        img = img.convert("RGB")
+    return img
+
+
+@functools.lru_cache(maxsize=32)
+def _transform_for(icc: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
+    # Parsing a profile and building a transform costs about a millisecond; phones embed the same
+    # few profiles in every photo, so a small cache keyed by the profile's bytes pays off.
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        space = profile.profile.xcolor_space.strip()
+        if mode in ("L", "LA"):
+            if space != "GRAY":
+                return None
+            out_mode = "RGBA" if mode == "LA" else "RGB"
+            in_mode = mode
+        else:
+            expected = {"RGB": "RGB", "RGBA": "RGB", "CMYK": "CMYK"}.get(mode)
+            if expected != space:
+                return None
+            in_mode = mode
+            out_mode = "RGBA" if mode == "RGBA" else "RGB"
+        if in_mode == "LA":
+            # littlecms has no gray+alpha layout in Pillow; gray ICC with alpha is rare enough
+            # to keep as stored.
+            return None
+        return ImageCms.buildTransform(
+            profile,
+            _srgb(),
+            in_mode,
+            out_mode,
+            renderingIntent=ImageCms.Intent.PERCEPTUAL,
+        )
+    except Exception:
+        return None
+
+
+def _was_gray(icc: bytes) -> bool:
+    try:
+        space = ImageCms.ImageCmsProfile(io.BytesIO(icc)).profile.xcolor_space.strip()
+    except Exception:
+        return False
+    return bool(space == "GRAY")
+
+
+@functools.cache
+def _srgb() -> ImageCms.ImageCmsProfile:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+@functools.cache
+def _lab_to_srgb() -> ImageCms.ImageCmsTransform:
+    return ImageCms.buildTransform(ImageCms.createProfile("LAB"), _srgb(), "LAB", "RGB")
+
+
+def _encode(img: Image.Image, fmt: str) -> bytes:
+    out = io.BytesIO()
+    if fmt == "jpeg":
+        img.save(out, "JPEG", quality=_JPEG_QUALITY, subsampling=0)
+    elif fmt == "webp":
+        if _WEBP_LOSSLESS:
+            img.save(out, "WEBP", lossless=True, quality=100, method=4)
+        else:
+            img.save(out, "WEBP", quality=95)
+    else:
+        img.save(out, "PNG", optimize=True)
+    return out.getvalue()
+
+
+def _on_white(img: Image.Image) -> Image.Image:
+    if img.mode not in ("RGBA", "LA"):
+        return img
+    # JPEG has no alpha: composite on white, as a viewer shows a transparent image on a page.
+    base_mode = "L" if img.mode == "LA" else "RGB"
+    background = Image.new(base_mode, img.size, 255)
+    background.paste(img.convert(base_mode), mask=img.getchannel("A"))
+    return background
