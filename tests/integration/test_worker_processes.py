@@ -16,10 +16,11 @@ from PIL import Image
 
 from resizer import imaging
 from resizer.config import Settings
+from resizer.embedded import RedisServer
 from resizer.models import ImageSize, Task, TaskStatus
 from resizer.processes import resizer_command
 from resizer.store import LEASES, PROCESSING, WAITING, Store
-from tests.helpers import await_until, make_image
+from tests.helpers import await_until, make_image, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -189,3 +190,29 @@ async def test_a_stalled_worker_loses_its_task_and_its_late_result_is_refused(
     assert image_after == image_before
     log = (procs.logs / "work-0.log").read_text()
     assert "lease.lost" in log
+
+
+async def test_a_worker_survives_a_redis_restart(procs: Processes, tmp_path: Path) -> None:
+    """Redis goes away and comes back on the same port: the same worker process carries on."""
+    server = RedisServer(directory=tmp_path / "own-redis")
+    server.directory.mkdir()
+    server.start()
+    try:
+        procs.settings = attrs.evolve(procs.settings, redis_url=server.url)
+        store = Store(Store.client_for(server.url), procs.settings)
+        worker = procs.start("work")
+        before = await submit(store)
+        await wait_status(store, before, TaskStatus.DONE)
+
+        server.stop()
+        log = procs.logs / "work-0.log"
+        wait_until(lambda: "redis.unreachable" in log.read_text(), 30, "the worker to notice")
+        assert worker.poll() is None
+        server = RedisServer(port=server.port, directory=tmp_path / "own-redis").start()
+
+        store = Store(Store.client_for(server.url), procs.settings)
+        after = await submit(store)
+        await wait_status(store, after, TaskStatus.DONE)
+        assert worker.poll() is None
+    finally:
+        server.stop()

@@ -1,0 +1,100 @@
+"""The worker loop in-process on fakeredis: outcomes and the events it logs."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import structlog
+from structlog.testing import capture_logs
+
+from resizer import imaging, worker
+from resizer.models import TaskStatus, Thumbnail
+from resizer.store import Store
+from resizer.worker import Backoff, Worker
+from tests.helpers import make_image
+
+
+async def submit(store: Store, data: bytes) -> str:
+    return (await store.create_task(imaging.inspect(data, 10**8), data)).id
+
+
+async def run(store: Store, tasks: int) -> None:
+    async with asyncio.timeout(20):
+        await Worker(store, store.settings, name="test").run(asyncio.Event(), max_tasks=tasks)
+
+
+async def test_each_transition_is_one_event_with_the_task_id_bound(fake_store: Store) -> None:
+    task_id = await submit(fake_store, make_image("PNG"))
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as events:
+        await run(fake_store, 1)
+    task_events = [e for e in events if e["event"].startswith("task.")]
+    assert [e["event"] for e in task_events] == ["task.claimed", "task.done"]
+    assert all(e["task_id"] == task_id and e["attempt"] == 1 for e in task_events)
+    task = await fake_store.get_task(task_id)
+    assert task is not None
+    assert task.status is TaskStatus.DONE
+
+
+async def test_an_undecodable_image_fails_at_once(fake_store: Store) -> None:
+    png = make_image("PNG", size=64)
+    task_id = await submit(fake_store, png[:60] + bytes(len(png) - 60))
+    with capture_logs() as events:
+        await run(fake_store, 1)
+    task = await fake_store.get_task(task_id)
+    assert task is not None
+    assert (task.status, task.attempts) == (TaskStatus.FAILED, 1)
+    assert [e["event"] for e in events if e["event"].startswith("task.")] == [
+        "task.claimed",
+        "task.failed",
+    ]
+
+
+async def test_an_unexpected_error_is_retried_up_to_the_cap(
+    fake_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = 0
+
+    def flaky(original: bytes) -> list[Thumbnail]:
+        nonlocal calls
+        calls += 1
+        raise MemoryError("simulated")
+
+    monkeypatch.setattr(worker, "_resize", flaky)
+    task_id = await submit(fake_store, make_image("PNG"))
+    with capture_logs() as events:
+        await run(fake_store, 3)
+    assert calls == fake_store.settings.max_attempts == 3
+    task = await fake_store.get_task(task_id)
+    assert task is not None
+    assert task.status is TaskStatus.FAILED
+    assert task.error is not None
+    assert "MemoryError: simulated" in task.error
+    outcomes = [e["event"] for e in events if e["event"] in ("task.requeued", "task.failed")]
+    assert outcomes == ["task.requeued", "task.requeued", "task.failed"]
+
+
+async def test_a_transient_error_then_success(
+    fake_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = worker._resize
+    failures = iter([True])
+
+    def once_flaky(original: bytes) -> list[Thumbnail]:
+        if next(failures, False):
+            raise OSError("disk hiccup")
+        return real(original)
+
+    monkeypatch.setattr(worker, "_resize", once_flaky)
+    task_id = await submit(fake_store, make_image("JPEG"))
+    await run(fake_store, 2)
+    task = await fake_store.get_task(task_id)
+    assert task is not None
+    assert (task.status, task.attempts) == (TaskStatus.DONE, 2)
+
+
+def test_backoff_doubles_to_a_cap_and_resets() -> None:
+    backoff = Backoff(first=0.1, cap=0.5)
+    assert [backoff.next() for _ in range(5)] == [0.1, 0.2, 0.4, 0.5, 0.5]
+    backoff.reset()
+    assert backoff.next() == 0.1
