@@ -1,0 +1,210 @@
+"""Section 1 of `make bench`: the image kernel, one core, per corpus file.
+
+For each file: the pipeline (``make_thumbnails``: decode, 64 and 32, encode), naive Pillow
+(``Image.open(...).resize((64, 64))`` and ``(32, 32)`` from the full image, then the same
+encoding), the decoder's floor (the pipeline's own ``draft()`` decode alone for JPEG, a plain
+decode for other formats), pyvips ``thumbnail_buffer`` in its own process, and the PSNR of the
+pixels before encoding and of the delivered files against the float reference.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import attrs
+from PIL import Image
+
+from bench.timing import ms_per_call, pin_to_one_core
+from resizer import imaging
+from resizer.models import SIZES
+from resizer.quality import planes_of, psnr, reference
+
+
+@attrs.frozen
+class KernelRow:
+    name: str
+    format: str
+    side: int
+    megabytes: float
+    ours_ms: float
+    naive_ms: float
+    floor_ms: float
+    vips_ms: float | None
+    psnr_pixels: float  # worst of the sizes, before encoding
+    psnr_files: float  # worst of the sizes, as delivered
+
+    @property
+    def vs_naive(self) -> float:
+        return self.naive_ms / self.ours_ms
+
+    @property
+    def vs_floor(self) -> float:
+        return self.ours_ms / self.floor_ms
+
+    @property
+    def vs_vips(self) -> float | None:
+        return None if self.vips_ms is None else self.vips_ms / self.ours_ms
+
+
+def naive(data: bytes) -> list[bytes]:
+    """What a first version would do: full decode, resize from the full image for each size."""
+    out = []
+    with Image.open(io.BytesIO(data)) as img:
+        fmt = imaging.output_format((img.format or "").lower())
+        for size in SIZES:
+            thumb = img.resize((size, size))
+            writable = ("RGB", "L", "CMYK") if fmt == "jpeg" else ("RGB", "RGBA", "L", "LA", "P")
+            if thumb.mode not in writable:
+                thumb = thumb.convert("RGB")
+            buf = io.BytesIO()
+            thumb.save(buf, fmt.upper())
+            out.append(buf.getvalue())
+    return out
+
+
+def floor(data: bytes) -> None:
+    """The decoder alone, as the pipeline asks for it (JPEG: the same draft scale)."""
+    with Image.open(io.BytesIO(data)) as img:
+        if img.format in ("JPEG", "MPO"):
+            factor = imaging._DRAFT_FACTOR_CMYK if img.mode == "CMYK" else imaging._DRAFT_FACTOR
+            wanted = SIZES[0] * factor
+            img.draft(img.mode, (wanted, wanted))
+        img.load()
+
+
+def quality(data: bytes) -> tuple[float, float]:
+    """Worst PSNR over the sizes: pixels before encoding, and delivered files."""
+    _, pixels = imaging.thumbnail_images(data)
+    files = imaging.make_thumbnails(data)
+    worst_pixels = worst_files = float("inf")
+    for img, thumb in zip(pixels, files, strict=True):
+        ref = reference(data, thumb.size)
+        worst_pixels = min(worst_pixels, psnr(ref, planes_of(img)))
+        with Image.open(io.BytesIO(thumb.data)) as delivered:
+            delivered.load()
+            worst_files = min(worst_files, psnr(ref, planes_of(delivered)))
+    return worst_pixels, worst_files
+
+
+def vips_times(paths: list[Path]) -> tuple[dict[str, float], str | None]:
+    env = dict(os.environ, VIPS_CONCURRENCY="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.vips_kernel", *map(str, paths)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=900,
+    )
+    try:
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        return {}, f"pyvips run failed: {proc.stderr.strip()[-300:]}"
+    if "error" in result:
+        return {}, str(result["error"])
+    return {k: float(v) for k, v in result.items()}, None
+
+
+def measure(paths: list[Path]) -> tuple[list[KernelRow], str | None]:
+    vips, vips_note = vips_times(paths)  # first, in its own process, while we are idle
+    pin_to_one_core()
+    rows = []
+    for path in paths:
+        data = path.read_bytes()
+        with Image.open(io.BytesIO(data)) as img:
+            fmt, side = (img.format or "?").lower(), img.width
+        psnr_pixels, psnr_files = quality(data)
+        rows.append(
+            KernelRow(
+                name=path.name,
+                format=fmt,
+                side=side,
+                megabytes=len(data) / 1e6,
+                ours_ms=ms_per_call(functools.partial(imaging.make_thumbnails, data)),
+                naive_ms=ms_per_call(functools.partial(naive, data)),
+                floor_ms=ms_per_call(functools.partial(floor, data)),
+                vips_ms=vips.get(path.name),
+                psnr_pixels=psnr_pixels,
+                psnr_files=psnr_files,
+            )
+        )
+    return rows, vips_note
+
+
+def _f(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def report(rows: list[KernelRow], vips_note: str | None) -> list[str]:
+    lines = [
+        "1. kernel: one core, ms per task (decode + 64 + 32 + encode), median of repeated runs",
+        f"{'file':24} {'MB':>5} {'ours':>7} {'naive':>7} {'xnaive':>6} {'floor':>7}"
+        f" {'/floor':>6} {'vips':>7} {'xvips':>6} {'dB px':>6} {'dB file':>7}",
+    ]
+    for r in rows:
+        lines.append(
+            f"{r.name:24} {r.megabytes:5.2f} {r.ours_ms:7.1f} {r.naive_ms:7.1f}"
+            f" {r.vs_naive:6.1f} {r.floor_ms:7.1f} {r.vs_floor:6.2f} {_f(r.vips_ms, '7.1f')}"
+            f" {_f(r.vs_vips, '6.2f')} {r.psnr_pixels:6.1f} {r.psnr_files:7.1f}"
+        )
+    lines.append(
+        "  xnaive = naive/ours, /floor = ours/decode floor, xvips = vips/ours (>= 1: ours faster)"
+    )
+    if vips_note:
+        lines.append(f"  pyvips: {vips_note}")
+    lines.extend(f"  {line}" for line in checks(rows))
+    return lines
+
+
+def checks(rows: list[KernelRow]) -> list[str]:
+    """The issue's bars, each PASS or SHORT with the figure."""
+    out = []
+
+    def bar(label: str, ok: bool, detail: str) -> None:
+        out.append(f"{'PASS ' if ok else 'SHORT'} {label}: {detail}")
+
+    by_name = {r.name: r for r in rows}
+    if "smooth-3000.jpg" in by_name:
+        r = by_name["smooth-3000.jpg"]
+        bar("smooth 3000 JPEG >= 10x naive", r.vs_naive >= 10, f"{r.vs_naive:.1f}x")
+    if "phone-3000.jpg" in by_name:
+        r = by_name["phone-3000.jpg"]
+        bar("grainy 3000 JPEG >= 4x naive", r.vs_naive >= 4, f"{r.vs_naive:.1f}x")
+    jpegs = [r for r in rows if r.format in ("jpeg", "mpo")]
+    if jpegs:
+        worst = max(jpegs, key=lambda r: r.vs_floor)
+        bar("JPEG within 1.25x of draft decode", worst.vs_floor <= 1.25,
+            f"worst {worst.vs_floor:.2f}x ({worst.name})")  # fmt: skip
+    with_vips = [r for r in rows if r.vs_vips is not None]
+    if with_vips:
+        slower = [f"{r.name} {r.vs_vips:.2f}x" for r in with_vips if (r.vs_vips or 0) < 1]
+        bar("no slower than pyvips", not slower, ", ".join(slower) or "every file")
+    pngs = [r for r in rows if r.format == "png"]
+    if pngs:
+        worst = min(pngs, key=lambda r: r.vs_naive)
+        bar("PNG no slower than naive", worst.vs_naive >= 1,
+            f"worst {worst.vs_naive:.1f}x ({worst.name})")  # fmt: skip
+    worst_px = min(rows, key=lambda r: r.psnr_pixels)
+    bar("pixels >= 42 dB", worst_px.psnr_pixels >= 42,
+        f"worst {worst_px.psnr_pixels:.1f} dB ({worst_px.name})")  # fmt: skip
+    worst_file = min(rows, key=lambda r: r.psnr_files)
+    bar("delivered files >= 36 dB", worst_file.psnr_files >= 36,
+        f"worst {worst_file.psnr_files:.1f} dB ({worst_file.name})")  # fmt: skip
+    return out
+
+
+def main(argv: list[str]) -> int:
+    paths = [Path(a) for a in argv] or sorted(Path("bench/corpus").iterdir())
+    rows, note = measure(paths)
+    print("\n".join(report(rows, note)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
