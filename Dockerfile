@@ -57,10 +57,12 @@ USER 10001:10001
 WORKDIR /tmp
 EXPOSE 8080
 
-# The worker finishes its current task on SIGTERM and exits 0. The exec-form ENTRYPOINT makes
-# `resizer` itself PID 1 (no shell in between to swallow the signal), so `docker stop` and a
-# Kubernetes pod deletion reach it directly; docker-compose.yml additionally sets `init: true`
-# (a tiny init as PID 1 that forwards signals and reaps children).
+# Graceful stop: serve, work and recover all handle SIGTERM (the worker finishes its current
+# task, then exits 0). The exec-form ENTRYPOINT runs `resizer` with no shell in between to
+# swallow the signal, so `docker stop` reaches it directly. Where it runs as PID 1, the kernel
+# drops a SIGTERM that comes before its handlers are installed (its first second): hence
+# `init: true` in docker-compose.yml and `docker run --init` (an init as PID 1 that forwards
+# signals and reaps children), and shareProcessNamespace in deploy/k8s.
 STOPSIGNAL SIGTERM
 
 # Liveness of the web role through the service's own /health, with no curl in the image.

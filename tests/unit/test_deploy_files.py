@@ -247,6 +247,7 @@ def test_k8s_settings_use_the_service_names_and_defaults() -> None:
             }
         ], key
         assert spec["securityContext"]["runAsNonRoot"] is True, key
+        assert spec["shareProcessNamespace"] is True, key  # resizer is not PID 1
         assert "requests" in container["resources"], key
         assert "memory" in container["resources"]["limits"], key
 
