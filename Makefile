@@ -9,7 +9,7 @@ export POETRY_VIRTUALENVS_IN_PROJECT := true
 export POETRY_NO_INTERACTION := 1
 RUN := $(POETRY) run
 
-.PHONY: venv up test lint lint-deploy format check docker docker-up docker-down clean
+.PHONY: venv up test bench lint lint-deploy format check docker docker-up docker-down clean
 
 $(POETRY):
 	$(PYTHON) -m venv $(TOOLS)/poetry
@@ -26,6 +26,12 @@ up: venv ## run the whole service on this machine (embedded Redis, web, workers,
 
 test: venv ## run the test suite (unit on fakeredis, integration on a real Redis server)
 	$(RUN) pytest
+
+# The benchmark's own dependencies (pyvips with its bundled libvips, scikit-image for the corpus
+# photos) are an optional group: the service never needs them. BENCHMARKS.md explains the output.
+bench: venv ## benchmark: kernel vs naive Pillow and pyvips, end to end, API, memory
+	$(POETRY) install --quiet --with bench
+	$(RUN) python -m bench.run
 
 lint: venv lint-deploy ## ruff check, ruff format --check, mypy --strict, and lint-deploy
 	$(RUN) ruff check .

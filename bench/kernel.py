@@ -20,7 +20,7 @@ from pathlib import Path
 import attrs
 from PIL import Image
 
-from bench.timing import ms_per_call, pin_to_one_core
+from bench.timing import ms_per_call, one_core
 from resizer import imaging
 from resizer.models import SIZES
 from resizer.quality import planes_of, psnr, reference
@@ -113,28 +113,30 @@ def vips_times(paths: list[Path]) -> tuple[dict[str, float], str | None]:
 
 def measure(paths: list[Path]) -> tuple[list[KernelRow], str | None]:
     vips, vips_note = vips_times(paths)  # first, in its own process, while we are idle
-    pin_to_one_core()
     rows = []
-    for path in paths:
-        data = path.read_bytes()
-        with Image.open(io.BytesIO(data)) as img:
-            fmt, side = (img.format or "?").lower(), img.width
-        psnr_pixels, psnr_files = quality(data)
-        rows.append(
-            KernelRow(
-                name=path.name,
-                format=fmt,
-                side=side,
-                megabytes=len(data) / 1e6,
-                ours_ms=ms_per_call(functools.partial(imaging.make_thumbnails, data)),
-                naive_ms=ms_per_call(functools.partial(naive, data)),
-                floor_ms=ms_per_call(functools.partial(floor, data)),
-                vips_ms=vips.get(path.name),
-                psnr_pixels=psnr_pixels,
-                psnr_files=psnr_files,
-            )
-        )
+    with one_core():
+        for path in paths:
+            rows.append(_row(path, vips.get(path.name)))
     return rows, vips_note
+
+
+def _row(path: Path, vips_ms: float | None) -> KernelRow:
+    data = path.read_bytes()
+    with Image.open(io.BytesIO(data)) as img:
+        fmt, side = (img.format or "?").lower(), img.width
+    psnr_pixels, psnr_files = quality(data)
+    return KernelRow(
+        name=path.name,
+        format=fmt,
+        side=side,
+        megabytes=len(data) / 1e6,
+        ours_ms=ms_per_call(functools.partial(imaging.make_thumbnails, data)),
+        naive_ms=ms_per_call(functools.partial(naive, data)),
+        floor_ms=ms_per_call(functools.partial(floor, data)),
+        vips_ms=vips_ms,
+        psnr_pixels=psnr_pixels,
+        psnr_files=psnr_files,
+    )
 
 
 def _f(value: float | None, spec: str) -> str:

@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+
+
+@contextlib.contextmanager
+def one_core() -> Iterator[None]:
+    """Run this process on a single core, so 'ms per task' is a single-core figure.
+
+    Restores the previous set on exit: child processes inherit the affinity, and the service
+    started after the kernel section must get every core.
+    """
+    if not hasattr(os, "sched_setaffinity"):
+        yield
+        return
+    cores = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {max(cores)})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, cores)
 
 
 def pin_to_one_core() -> None:
-    """Run this process on a single core, so 'ms per task' is a single-core figure."""
+    """Pin for the rest of this process's life (for a process that runs one measurement)."""
     if hasattr(os, "sched_setaffinity"):
-        cores = sorted(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, {cores[-1]})
+        os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
 
 
 def ms_per_call(fn: Callable[[], object], min_seconds: float = 0.6, min_runs: int = 5) -> float:
