@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import binascii
 import json
+import mimetypes
 import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, suppress
 from typing import Any
 
 import cattrs
@@ -34,20 +36,22 @@ from resizer.models import (
     CreateTaskRequest,
     ErrorBody,
     ErrorDetail,
-    ImageInfo,
     ImageSize,
     ImageView,
+    Task,
     TaskCreated,
     TaskStatus,
     TaskView,
+    Upload,
     converter,
 )
-from resizer.store import REDIS_DOWN, Store, open_store, unavailable
+from resizer.store import REDIS_DOWN, Completions, Store, open_store, unavailable
 
 log = structlog.get_logger("resizer.api")
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
+COMPLETIONS = web.AppKey("completions", Completions)
 
 # Parsing a body this large takes long enough to stall other requests: do it in a thread.
 _OFFLOAD_BYTES = 256 * 1024
@@ -117,8 +121,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return response
 
 
-def decode_upload(body: bytes, max_pixels: int) -> tuple[ImageInfo, bytes]:
-    """Parse the JSON body, decode the base64 image, read its header. Pure; may run in a thread."""
+def decode_upload(body: bytes, max_pixels: int) -> Upload:
+    """Parse the JSON body, decode the base64 image, read its header, hash it.
+
+    Pure, and CPU-bound for large bodies: runs in a thread then (hashlib and binascii release
+    the GIL on large buffers).
+    """
     try:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -131,7 +139,8 @@ def decode_upload(body: bytes, max_pixels: int) -> tuple[ImageInfo, bytes]:
         problems = "; ".join(cattrs.transform_error(exc))
         raise BadRequest(f'"data" must be a string of base64: {problems}') from None
     data = decode_base64(request.data)
-    return imaging.inspect(data, max_pixels), data
+    info = imaging.inspect(data, max_pixels)
+    return Upload.of(info, data)
 
 
 def decode_base64(text: str) -> bytes:
@@ -153,11 +162,17 @@ async def create_task(request: web.Request) -> web.Response:
     body = await request.read()
     max_pixels = request.app[SETTINGS].max_pixels
     if len(body) > _OFFLOAD_BYTES:
-        info, data = await asyncio.to_thread(decode_upload, body, max_pixels)
+        upload = await asyncio.to_thread(decode_upload, body, max_pixels)
     else:
-        info, data = decode_upload(body, max_pixels)
-    task = await request.app[STORE].create_task(info, data)
-    log.info("task.created", task_id=task.id, format=info.format, size=info.width)
+        upload = decode_upload(body, max_pixels)
+    task = await request.app[STORE].create_task(upload)
+    log.info(
+        "task.created",
+        task_id=task.id,
+        status=task.status,
+        format=upload.info.format,
+        size=upload.info.width,
+    )
     return json_response(
         TaskCreated(id=task.id, status=task.status),
         status=201,
@@ -165,11 +180,47 @@ async def create_task(request: web.Request) -> web.Response:
     )
 
 
-async def get_task(request: web.Request) -> web.Response:
-    task_id = request.match_info["task_id"]
-    task = await request.app[STORE].get_task(task_id)
+MAX_WAIT_SECONDS = 30.0
+
+
+def _wait_seconds(request: web.Request) -> float:
+    raw = request.query.get("wait")
+    if raw is None:
+        return 0.0
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= MAX_WAIT_SECONDS or seconds != seconds:  # NaN fails both
+        raise BadRequest(f"wait must be a number of seconds from 0 to 30; got {raw!r}")
+    return seconds
+
+
+async def _find_task(store: Store, task_id: str) -> Task:
+    task = await store.get_task(task_id)
     if task is None:
         raise TaskNotFound(f"no task {task_id!r} (unknown, or its retention expired)")
+    return task
+
+
+async def get_task(request: web.Request) -> web.Response:
+    """The task's status; with ``?wait=S``, answers as soon as it is DONE or FAILED (long-poll).
+
+    Woken by the process's one subscription to the finished channel: no polling, no Redis
+    connection per waiting client.
+    """
+    task_id = request.match_info["task_id"]
+    wait = _wait_seconds(request)
+    store = request.app[STORE]
+    task = await _find_task(store, task_id)
+    if wait and not task.status.finished:
+        async with request.app[COMPLETIONS].watch(task_id) as finished:
+            # Re-read after registering: a finish between the two reads is not missed.
+            task = await _find_task(store, task_id)
+            if not task.status.finished:
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(finished), wait)
+                task = await _find_task(store, task_id)
     return json_response(TaskView.of(task))
 
 
@@ -185,9 +236,12 @@ async def get_image(request: web.Request) -> web.Response:
     task, image = await request.app[STORE].get_task_and_image(task_id, size)
     if task is None:
         raise TaskNotFound(f"no task {task_id!r} (unknown, or its retention expired)")
+    raw = _wants_raw(request)
     if size is ImageSize.ORIGINAL:
         if image is None:
             raise TaskNotFound(f"the original image of task {task_id!r} has expired")
+        if raw:
+            return _raw_image(request, task, size, image)
         encoded = await asyncio.to_thread(binascii.b2a_base64, image, newline=False)
         view = ImageView(
             id=task.id,
@@ -203,6 +257,8 @@ async def get_image(request: web.Request) -> web.Response:
             f"task {task_id!r} is {task.status.value}; the {size.value}x{size.value} image "
             "exists once it is DONE"
         )
+    if raw:
+        return _raw_image(request, task, size, binascii.a2b_base64(image))
     pixels = int(size.value)
     view = ImageView(
         id=task.id,
@@ -213,6 +269,34 @@ async def get_image(request: web.Request) -> web.Response:
         data=image.decode(),
     )
     return json_response(view)
+
+
+def _wants_raw(request: web.Request) -> bool:
+    """``?raw=1``, or an ``Accept`` that asks for an image rather than JSON."""
+    if request.query.get("raw") in ("1", "true", "yes"):
+        return True
+    accept = request.headers.get("Accept", "")
+    return "image/" in accept and "application/json" not in accept
+
+
+def _raw_image(request: web.Request, task: Task, size: ImageSize, data: bytes) -> web.Response:
+    fmt = task.original.format if size is ImageSize.ORIGINAL else task.result_format or "png"
+    # The content of a task's image never changes: its digest and size name it for good.
+    etag = f'"{task.digest[:32]}-{size.value}"'
+    headers = {"ETag": etag, "Cache-Control": "public, max-age=31536000, immutable"}
+    if size is ImageSize.ORIGINAL:
+        headers["Cache-Control"] = "private, max-age=3600"
+    if etag in {t.strip() for t in request.headers.get("If-None-Match", "").split(",")}:
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=data, content_type=_content_type(fmt), headers=headers)
+
+
+def _content_type(fmt: str) -> str:
+    known = imaging.content_type(fmt)
+    if known != "application/octet-stream":
+        return known
+    guessed, _ = mimetypes.guess_type(f"image.{fmt}")
+    return guessed or known
 
 
 async def health(request: web.Request) -> web.Response:
@@ -240,12 +324,15 @@ def make_app(settings: Settings, store: Store | None = None) -> web.Application:
     app[SETTINGS] = settings
 
     async def redis_pool(app: web.Application) -> AsyncIterator[None]:
-        if store is not None:
-            app[STORE] = store
-            yield
-            return
-        async with open_store(settings) as opened:
-            app[STORE] = opened
+        async with AsyncExitStack() as stack:
+            if store is None:
+                app[STORE] = await stack.enter_async_context(open_store(settings))
+            else:
+                app[STORE] = store
+            completions = Completions(app[STORE].redis)
+            await completions.start()
+            stack.push_async_callback(completions.stop)
+            app[COMPLETIONS] = completions
             yield
 
     app.cleanup_ctx.append(redis_pool)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import hashlib
 from datetime import UTC, datetime
 
 import attrs
@@ -60,8 +61,22 @@ class Task:
     updated_at: datetime
     attempts: int
     original: ImageInfo
+    digest: str
     error: str | None = None
     result_format: str | None = None
+
+
+@attrs.frozen
+class Upload:
+    """A validated upload: the image bytes, their header, and their SHA-256 (for deduplication)."""
+
+    info: ImageInfo
+    data: bytes
+    digest: str
+
+    @classmethod
+    def of(cls, info: ImageInfo, data: bytes) -> Upload:
+        return cls(info=info, data=data, digest=hashlib.sha256(data).hexdigest())
 
 
 @attrs.frozen
@@ -71,6 +86,7 @@ class Claim:
     task_id: str
     token: str
     attempt: int
+    digest: str
 
 
 @attrs.frozen

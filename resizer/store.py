@@ -3,34 +3,47 @@
 Key schema
 ==========
 Every key carries the hash tag ``{resizer}``, so on Redis Cluster they all live in one slot and
-every multi-key script below stays legal. ``<id>`` is a task id (a UUID4 hex string).
+every multi-key script below stays legal. ``<id>`` is a task id (UUID4 hex); ``<sha>`` is the
+SHA-256 of an original image's bytes: images are stored once per content, whatever the number
+of tasks that submitted them.
 
-==================================  ======  ====================================================
-key                                 type    what
-==================================  ======  ====================================================
-``{resizer}:task:<id>``             hash    status, created_at/updated_at (ms, Redis clock),
-                                            attempts, error, token (of the current claim),
-                                            worker, format/width/height of the original,
-                                            result_format
-``{resizer}:task:<id>:original``    string  the submitted image, exactly its bytes
-``{resizer}:task:<id>:64``          string  the 64x64 image, base64 (as the task asks)
-``{resizer}:task:<id>:32``          string  the 32x32 image, base64
-``{resizer}:waiting``               list    ids waiting; LPUSH in, BLMOVE out from the right
-``{resizer}:processing``            list    ids a worker has taken (the reliable-queue list)
-``{resizer}:leases``                zset    id -> lease deadline, ms on the Redis clock
-==================================  ======  ====================================================
+===================================  ======  ===================================================
+key                                  type    what
+===================================  ======  ===================================================
+``{resizer}:task:<id>``              hash    status, created_at/updated_at (ms, Redis clock),
+                                             attempts, error, token (of the current claim),
+                                             worker, digest (``<sha>``), format/width/height of
+                                             the original, result_format
+``{resizer}:blob:<sha>``             string  the original image, exactly the submitted bytes
+``{resizer}:blob:<sha>:result``      hash    format, and ``64`` / ``32``: the resized images,
+                                             base64 (as the task statement asks)
+``{resizer}:blob:<sha>:tasks``       set     ids of the tasks waiting for the first processing
+                                             of these bytes: one of them is queued, the others
+                                             joined it and finish with it
+``{resizer}:waiting``                list    ids waiting; LPUSH in, BLMOVE out from the right
+``{resizer}:processing``             list    ids a worker has taken (the reliable-queue list)
+``{resizer}:leases``                 zset    id -> lease deadline, ms on the Redis clock
+``{resizer}:finished``               pubsub  channel: the id of every task that became DONE or
+                                             FAILED (wakes long-polling clients)
+===================================  ======  ===================================================
 
-The task's keys expire ``RESIZER_TTL_SECONDS`` after creation (results inherit the remaining
-TTL of the hash, so a task and its images vanish together). The three queue keys are shared and
-never expire; an id whose task has expired is dropped when a worker or recovery meets it.
+Retention: a task's hash expires ``RESIZER_TTL_SECONDS`` after its creation. A blob and its
+results live as long as the longest-lived task that uses them: every new task for the same bytes
+extends them to its own expiry (never shortens them). The three queue keys are shared and never
+expire; an id whose task has expired is dropped when a worker or recovery meets it.
+
+Deduplication: ``create`` finds the blob by digest. If its results exist, the new task is DONE at
+once (nothing queued, nothing resized); if a task for the same bytes is in flight, the new task
+joins it (``:tasks``) and is completed or failed together with it; otherwise it is queued.
 
 State machine
 =============
 ::
 
     create ──> WAITING ──claim──> IN_PROGRESS ──complete──> DONE
-                  ^                   │  │
-                  └──retry/recover────┘  └──fail / attempt cap──> FAILED
+      │           ^                   │  │
+      │           └──retry/recover────┘  └──fail / attempt cap──> FAILED
+      └──(same bytes already resized)──> DONE
 
 Every arrow is one Lua script (atomic: Redis runs a script to completion before any other
 command), except the first half of a claim, which is the ``BLMOVE`` that blocks until work
@@ -47,17 +60,22 @@ What a crash at each step leaves behind, and who repairs it:
   stops being renewed and expires; recovery re-queues the task, or FAILS it once
   ``attempts >= RESIZER_MAX_ATTEMPTS``.
 - during ``complete``: it is one script, so either nothing was written (as above) or the task
-  is DONE with every size. There is no half-DONE task.
+  and every task that joined it are DONE with every size. There is no half-DONE task.
 - a worker presumed dead that wakes up: its token no longer matches, so its renewals, results
   and failures are refused; the newer attempt's results stand.
+
+The scripts that complete or fail a task also reach the hashes of the tasks that joined it (their
+ids are read from ``:tasks``, so those keys are not in KEYS). They share the hash tag, hence the
+slot, so this is safe on Redis Cluster too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -68,12 +86,23 @@ from redis.backoff import ExponentialBackoff
 
 from resizer.config import Settings
 from resizer.errors import ServiceUnavailable
-from resizer.models import Claim, ImageInfo, ImageSize, RecoveryReport, Task, TaskStatus
+from resizer.models import (
+    Claim,
+    ImageInfo,
+    ImageSize,
+    RecoveryReport,
+    Task,
+    TaskStatus,
+    Upload,
+)
 
 PREFIX: Final = "{resizer}"
 WAITING: Final = f"{PREFIX}:waiting"
 PROCESSING: Final = f"{PREFIX}:processing"
 LEASES: Final = f"{PREFIX}:leases"
+FINISHED: Final = f"{PREFIX}:finished"
+POOL_SIZE: Final = 32
+"""Redis connections per process, at most (the pub/sub listener takes one more)."""
 
 # Errors that mean "Redis is not there right now", as opposed to a bug in a command.
 REDIS_DOWN: Final = (
@@ -87,37 +116,86 @@ def task_key(task_id: str) -> str:
     return f"{PREFIX}:task:{task_id}"
 
 
-def image_key(task_id: str, size: ImageSize | int) -> str:
-    return f"{PREFIX}:task:{task_id}:{ImageSize(str(size)).value}"
+def blob_key(digest: str) -> str:
+    return f"{PREFIX}:blob:{digest}"
+
+
+def result_key(digest: str) -> str:
+    return f"{PREFIX}:blob:{digest}:result"
+
+
+def joined_key(digest: str) -> str:
+    return f"{PREFIX}:blob:{digest}:tasks"
 
 
 # --- Lua --------------------------------------------------------------------------------------
-# Each script declares every key it touches in KEYS (Redis Cluster routes by them). `now` is
+# Each script declares the keys it is given in KEYS (Redis Cluster routes by them). `now` is
 # read from the server inside the script: Redis >= 5 replicates script effects, so TIME is fine.
 
-_NOW = """
+_PRELUDE = f"""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local TASK_PREFIX = '{PREFIX}:task:'
+local FINISHED = '{FINISHED}'
+-- Make `key` live at least `ttl` ms from now; never shorten it.
+local function keep(key, ttl)
+  local left = redis.call('PTTL', key)
+  if left == -1 or (left >= 0 and left < ttl) then redis.call('PEXPIRE', key, ttl) end
+end
+-- Finish every task that joined this blob (and `id` itself), then forget the set.
+local function finish_all(joined, id, fields)
+  local ids = redis.call('SMEMBERS', joined)
+  table.insert(ids, id)
+  for _, member in ipairs(ids) do
+    local key = TASK_PREFIX .. member
+    local status = redis.call('HGET', key, 'status')
+    if status and status ~= 'DONE' and status ~= 'FAILED' then
+      redis.call('HSET', key, unpack(fields))
+      redis.call('HDEL', key, 'token')
+      redis.call('PUBLISH', FINISHED, member)
+    end
+  end
+  redis.call('DEL', joined)
+end
 """
 
-# KEYS: task, original, waiting   ARGV: id, ttl_ms, format, width, height, image bytes
+# KEYS: task, blob, result, joined, waiting
+# ARGV: id, ttl_ms, format, width, height, image bytes, digest
+# Returns {now, outcome}: outcome is 'queued', 'joined' (a task for the same bytes is in
+# flight) or 'done' (the same bytes were already resized: nothing to do).
 _CREATE = (
-    _NOW
+    _PRELUDE
     + """
+local ttl = tonumber(ARGV[2])
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  keep(KEYS[2], ttl)
+else
+  redis.call('SET', KEYS[2], ARGV[6], 'PX', ttl)
+end
 redis.call('HSET', KEYS[1], 'status', 'WAITING', 'created_at', now, 'updated_at', now,
-           'attempts', 0, 'format', ARGV[3], 'width', ARGV[4], 'height', ARGV[5])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('SET', KEYS[2], ARGV[6], 'PX', ARGV[2])
-redis.call('LPUSH', KEYS[3], ARGV[1])
-return now
+           'attempts', 0, 'format', ARGV[3], 'width', ARGV[4], 'height', ARGV[5],
+           'digest', ARGV[7])
+redis.call('PEXPIRE', KEYS[1], ttl)
+local result_format = redis.call('HGET', KEYS[3], 'format')
+if result_format then
+  keep(KEYS[3], ttl)
+  redis.call('HSET', KEYS[1], 'status', 'DONE', 'result_format', result_format)
+  return {now, 'done'}
+end
+local in_flight = redis.call('SCARD', KEYS[4]) > 0
+redis.call('SADD', KEYS[4], ARGV[1])
+keep(KEYS[4], ttl)
+if in_flight then return {now, 'joined'} end
+redis.call('LPUSH', KEYS[5], ARGV[1])
+return {now, 'queued'}
 """
 )
 
 # KEYS: task, processing, leases   ARGV: id, token, lease_ms, worker
-# Returns the attempt number, or 0 when the id is not claimable (expired task, or a stale
+# Returns {attempt, digest}, or 0 when the id is not claimable (expired task, or a stale
 # duplicate delivery); then one copy of the id is removed from `processing`.
 _CLAIM = (
-    _NOW
+    _PRELUDE
     + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'WAITING' then
@@ -129,13 +207,13 @@ local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('HSET', KEYS[1], 'status', 'IN_PROGRESS', 'token', ARGV[2], 'worker', ARGV[4],
            'updated_at', now)
 redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), ARGV[1])
-return attempt
+return {attempt, redis.call('HGET', KEYS[1], 'digest')}
 """
 )
 
 # KEYS: task, leases   ARGV: id, token, lease_ms      Returns 1 if renewed, 0 if the lease is lost.
 _RENEW = (
-    _NOW
+    _PRELUDE
     + """
 if redis.call('HGET', KEYS[1], 'token') ~= ARGV[2] then return 0 end
 redis.call('ZADD', KEYS[2], 'XX', now + tonumber(ARGV[3]), ARGV[1])
@@ -143,31 +221,27 @@ return 1
 """
 )
 
-# KEYS: task, processing, leases, image keys...   ARGV: id, token, result_format, images...
-# Results and DONE in one step, only for the holder of the current token.
+# KEYS: task, processing, leases, blob, result, joined
+# ARGV: id, token, result_format, size, image, size, image...
+# Results and DONE (for the task and every task that joined it) in one step, only for the
+# holder of the current token.
 _COMPLETE = (
-    _NOW
+    _PRELUDE
     + """
 if redis.call('HGET', KEYS[1], 'token') ~= ARGV[2] then return 0 end
-local ttl = redis.call('PTTL', KEYS[1])
-for i = 4, #KEYS do
-  if ttl > 0 then
-    redis.call('SET', KEYS[i], ARGV[i], 'PX', ttl)
-  else
-    redis.call('SET', KEYS[i], ARGV[i])
-  end
-end
-redis.call('HSET', KEYS[1], 'status', 'DONE', 'result_format', ARGV[3], 'updated_at', now)
-redis.call('HDEL', KEYS[1], 'token', 'error')
+redis.call('HSET', KEYS[5], 'format', ARGV[3], unpack(ARGV, 4))
+local ttl = redis.call('PTTL', KEYS[4])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[5], ttl) end
 redis.call('LREM', KEYS[2], 1, ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
+finish_all(KEYS[6], ARGV[1], {'status', 'DONE', 'result_format', ARGV[3], 'updated_at', now})
 return 1
 """
 )
 
-# Shared tail of the scripts that take a task away from its worker: re-queue it, or FAIL it when
-# `fatal` or when the attempt cap is reached. Expects KEYS: task, processing, leases, waiting,
-# and locals id, now, reason, fatal, max_attempts. Returns 'requeued' or 'failed'.
+# Shared tail of the scripts that take a task away from its worker: re-queue it, or FAIL it (and
+# the tasks that joined it) when `fatal` or at the attempt cap. Expects KEYS: task, processing,
+# leases, waiting, joined; locals id, reason, fatal, max_attempts. Returns 'requeued'/'failed'.
 _RELEASE_TAIL = """
 redis.call('LREM', KEYS[2], 0, id)
 redis.call('ZREM', KEYS[3], id)
@@ -179,7 +253,7 @@ if fatal or attempts >= max_attempts then
     message = 'gave up after ' .. attempts .. ' attempts (RESIZER_MAX_ATTEMPTS=' ..
               max_attempts .. '); last: ' .. reason
   end
-  redis.call('HSET', KEYS[1], 'status', 'FAILED', 'error', message, 'updated_at', now)
+  finish_all(KEYS[5], id, {'status', 'FAILED', 'error', message, 'updated_at', now})
   return 'failed'
 end
 redis.call('HSET', KEYS[1], 'status', 'WAITING', 'updated_at', now)
@@ -189,10 +263,10 @@ end
 return 'requeued'
 """
 
-# KEYS: task, processing, leases, waiting   ARGV: id, token, reason, fatal(0/1), max_attempts
+# KEYS: task, processing, leases, waiting, joined   ARGV: id, token, reason, fatal, max_attempts
 # A worker gives a task back: a permanent failure (fatal) or a transient one (retry).
 _RELEASE = (
-    _NOW
+    _PRELUDE
     + """
 if redis.call('HGET', KEYS[1], 'token') ~= ARGV[2] then return 'stale' end
 local id, reason, fatal, max_attempts = ARGV[1], ARGV[3], ARGV[4] == '1', tonumber(ARGV[5])
@@ -202,29 +276,24 @@ local id, reason, fatal, max_attempts = ARGV[1], ARGV[3], ARGV[4] == '1', tonumb
 
 # KEYS: leases   ARGV: limit      The ids whose lease has expired, on the Redis clock.
 _EXPIRED = (
-    _NOW
+    _PRELUDE
     + """
 return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 """
 )
 
-# KEYS: task, processing, leases, waiting   ARGV: id, max_attempts
+# KEYS: task, processing, leases, waiting, joined   ARGV: id, max_attempts
 # Re-checks expiry inside the script: a lease renewed, or a task recovered by a concurrent
 # recovery, since the id was listed is left alone. So recoveries may race each other and live
 # workers freely.
 _RECOVER = (
-    _NOW
+    _PRELUDE
     + """
 local deadline = redis.call('ZSCORE', KEYS[3], ARGV[1])
 if not deadline or tonumber(deadline) > now then return 'skipped' end
 local id, fatal, max_attempts = ARGV[1], false, tonumber(ARGV[2])
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('ZREM', KEYS[3], id)
-  redis.call('LREM', KEYS[2], 0, id)
-  return 'dropped'
-end
 local status = redis.call('HGET', KEYS[1], 'status')
-if status == 'DONE' or status == 'FAILED' then
+if not status or status == 'DONE' or status == 'FAILED' then
   redis.call('ZREM', KEYS[3], id)
   redis.call('LREM', KEYS[2], 0, id)
   return 'dropped'
@@ -238,7 +307,7 @@ local reason = 'the worker stopped renewing its lease (crashed, killed or stalle
 # An id in `processing` without a lease: a worker took it with BLMOVE and has not (yet) run the
 # claim script. Give it one lease period; the claim, if it comes, replaces this deadline.
 _ADOPT = (
-    _NOW
+    _PRELUDE
     + """
 if not redis.call('LPOS', KEYS[2], ARGV[1]) then return 'skipped' end
 if redis.call('ZSCORE', KEYS[3], ARGV[1]) then return 'skipped' end
@@ -261,7 +330,7 @@ def _text(value: bytes | str) -> str:
     return value if isinstance(value, str) else value.decode()
 
 
-def _ms_to_datetime(ms: bytes) -> datetime:
+def _ms_to_datetime(ms: bytes | int) -> datetime:
     return datetime.fromtimestamp(int(ms) / 1000, tz=UTC)
 
 
@@ -279,6 +348,7 @@ def _task_from_hash(task_id: str, fields: dict[Any, Any]) -> Task | None:
             width=int(fields[b"width"]),
             height=int(fields[b"height"]),
         ),
+        digest=fields[b"digest"].decode(),
         error=_decode(fields.get(b"error")),
         result_format=_decode(fields.get(b"result_format")),
     )
@@ -305,34 +375,54 @@ class Store:
 
     @staticmethod
     def client_for(url: str, *, socket_timeout: float = 5.0) -> aioredis.Redis:
-        """A client whose every call is bounded in time, so an outage is an error, not a hang."""
-        return aioredis.Redis.from_url(
+        """A client whose every call is bounded in time, so an outage is an error, not a hang.
+
+        The pool is bounded too: a burst of requests queues for a connection (up to
+        ``socket_timeout``) instead of opening hundreds of sockets to Redis at once.
+        """
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=POOL_SIZE,
+            timeout=socket_timeout,
             socket_connect_timeout=2.0,
             socket_timeout=socket_timeout,
             health_check_interval=15,
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
         )
+        return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
 
     # --- tasks ----------------------------------------------------------------------------------
 
-    async def create_task(self, info: ImageInfo, data: bytes) -> Task:
-        """Store the original and queue the task, atomically."""
+    async def create_task(self, upload: Upload) -> Task:
+        """Store the original (once per content) and queue the task, atomically.
+
+        A task for bytes that were already resized is DONE at once; one for bytes being
+        resized right now joins that work.
+        """
         task_id = new_task_id()
-        ttl_ms = self.settings.ttl_seconds * 1000
-        now_ms = await self._create(
-            keys=[task_key(task_id), image_key(task_id, ImageSize.ORIGINAL), WAITING],
-            args=[task_id, ttl_ms, info.format, info.width, info.height, data],
+        digest = upload.digest
+        now_ms, outcome = await self._create(
+            keys=[
+                task_key(task_id),
+                blob_key(digest),
+                result_key(digest),
+                joined_key(digest),
+                WAITING,
+            ],
+            args=[
+                task_id,
+                self.settings.ttl_seconds * 1000,
+                upload.info.format,
+                upload.info.width,
+                upload.info.height,
+                upload.data,
+                digest,
+            ],
         )
-        now = _ms_to_datetime(str(now_ms).encode())
-        return Task(
-            id=task_id,
-            status=TaskStatus.WAITING,
-            created_at=now,
-            updated_at=now,
-            attempts=0,
-            original=info,
-        )
+        # Only `create` turns a task DONE without a worker: when these bytes were resized before.
+        status = TaskStatus.DONE if _text(outcome) == "done" else TaskStatus.WAITING
+        now = _ms_to_datetime(now_ms)
+        return Task(task_id, status, now, now, 0, upload.info, digest)
 
     async def get_task(self, task_id: str) -> Task | None:
         fields = await self.redis.hgetall(task_key(task_id))
@@ -341,18 +431,24 @@ class Store:
     async def get_task_and_image(
         self, task_id: str, size: ImageSize
     ) -> tuple[Task | None, bytes | None]:
-        """The task and one of its images in one round trip.
+        """The task and one of its images.
 
-        ``original`` comes back as the raw bytes; resized sizes as base64 (as stored).
+        ``original`` comes back as the raw bytes; resized sizes as base64 (as stored), and only
+        once the task is DONE.
         """
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hgetall(task_key(task_id))
-            pipe.get(image_key(task_id, size))
-            fields, image = await pipe.execute()
-        return _task_from_hash(task_id, fields), image
+        task = await self.get_task(task_id)
+        if task is None:
+            return None, None
+        if size is ImageSize.ORIGINAL:
+            image = await self.redis.get(blob_key(task.digest))
+        elif task.status is TaskStatus.DONE:
+            image = await self.redis.hget(result_key(task.digest), size.value)
+        else:
+            image = None
+        return task, image.encode() if isinstance(image, str) else image
 
-    async def get_original(self, task_id: str) -> bytes | None:
-        data = await self.redis.get(image_key(task_id, ImageSize.ORIGINAL))
+    async def get_original(self, claim: Claim) -> bytes | None:
+        data = await self.redis.get(blob_key(claim.digest))
         return data.encode() if isinstance(data, str) else data
 
     # --- the queue ------------------------------------------------------------------------------
@@ -365,13 +461,14 @@ class Store:
     async def claim(self, task_id: str, worker: str) -> Claim | None:
         """Turn a taken id into a leased claim: IN_PROGRESS, attempt counted, token issued."""
         token = secrets.token_hex(16)
-        attempt = await self._claim(
+        claimed = await self._claim(
             keys=[task_key(task_id), PROCESSING, LEASES],
             args=[task_id, token, self.settings.lease_seconds * 1000, worker],
         )
-        if not attempt:
+        if not claimed:
             return None
-        return Claim(task_id=task_id, token=token, attempt=int(attempt))
+        attempt, digest = claimed
+        return Claim(task_id=task_id, token=token, attempt=int(attempt), digest=_text(digest))
 
     async def renew(self, claim: Claim) -> bool:
         """Extend the lease. False means it was lost: another attempt owns the task now."""
@@ -382,16 +479,26 @@ class Store:
         return bool(renewed)
 
     async def complete(self, claim: Claim, result_format: str, images: dict[int, bytes]) -> bool:
-        """Store every size base64-encoded and mark DONE, atomically, if the claim is current."""
+        """Store every size (base64) and mark DONE, atomically, if the claim is current.
+
+        Every task that joined this one (same bytes) becomes DONE in the same step.
+        """
         sizes = sorted(images, reverse=True)
         done = await self._complete(
             keys=[
                 task_key(claim.task_id),
                 PROCESSING,
                 LEASES,
-                *(image_key(claim.task_id, s) for s in sizes),
+                blob_key(claim.digest),
+                result_key(claim.digest),
+                joined_key(claim.digest),
             ],
-            args=[claim.task_id, claim.token, result_format, *(images[s] for s in sizes)],
+            args=[
+                claim.task_id,
+                claim.token,
+                result_format,
+                *(item for s in sizes for item in (str(s), images[s])),
+            ],
         )
         return bool(done)
 
@@ -407,11 +514,11 @@ class Store:
         return await self._release_claim(claim, reason, fatal=False)
 
     async def _release_claim(self, claim: Claim, reason: str, *, fatal: bool) -> str:
-        outcome: bytes = await self._release(
-            keys=[task_key(claim.task_id), PROCESSING, LEASES, WAITING],
+        outcome = await self._release(
+            keys=[task_key(claim.task_id), PROCESSING, LEASES, WAITING, joined_key(claim.digest)],
             args=[claim.task_id, claim.token, reason, int(fatal), self.settings.max_attempts],
         )
-        return outcome.decode()
+        return _text(outcome)
 
     async def recover(self, batch: int = 500) -> RecoveryReport:
         """One recovery pass: adopt unleased ids, then re-queue or FAIL every expired lease."""
@@ -427,12 +534,18 @@ class Store:
                     report.adopted.append(task_id)
         while True:
             expired: list[bytes] = await self._expired(keys=[LEASES], args=[batch])
-            if not expired:
-                return report
             for raw in expired:
-                task_id = raw.decode()
+                task_id = _text(raw)
+                # The digest never changes once a task exists, so reading it first is safe.
+                digest = await self.redis.hget(task_key(task_id), "digest")
                 outcome = await self._recover(
-                    keys=[task_key(task_id), PROCESSING, LEASES, WAITING],
+                    keys=[
+                        task_key(task_id),
+                        PROCESSING,
+                        LEASES,
+                        WAITING,
+                        joined_key(_text(digest or b"")),
+                    ],
                     args=[task_id, self.settings.max_attempts],
                 )
                 if outcome == b"requeued":
@@ -459,6 +572,81 @@ class Store:
         await self.redis.aclose()
 
 
+class Completions:
+    """One shared subscription per process to ``{resizer}:finished``; wakes local waiters.
+
+    Long-polling requests register a future for their task id; the one listener resolves them.
+    No Redis connection is held per waiter. If the subscription drops, waiters are woken so they
+    re-read the task (they never miss a finish by more than their own timeout).
+    """
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._client = client
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._listener: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.subscribed = asyncio.Event()
+
+    async def start(self) -> None:
+        self._listener = asyncio.create_task(self._listen(), name="resizer-completions")
+
+    async def stop(self) -> None:
+        # Not cancel(): redis-py's pub/sub read does not always honour a cancellation (it can
+        # hang in its cleanup). The listener checks this flag between short socket waits.
+        self._stopping = True
+        if self._listener is not None:
+            await asyncio.wait({self._listener}, timeout=2.0)
+            self._listener.cancel()
+
+    @asynccontextmanager
+    async def watch(self, task_id: str) -> AsyncIterator[asyncio.Future[None]]:
+        """A future resolved when ``task_id`` finishes. Enter it *before* re-reading the task."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(task_id, set()).add(future)
+        try:
+            yield future
+        finally:
+            waiters = self._waiters.get(task_id)
+            if waiters is not None:
+                waiters.discard(future)
+                if not waiters:
+                    del self._waiters[task_id]
+
+    @property
+    def waiting(self) -> int:
+        return sum(len(w) for w in self._waiters.values())
+
+    def _wake(self, task_id: str | None) -> None:
+        targets = self._waiters.values() if task_id is None else [self._waiters.get(task_id, set())]
+        for waiters in list(targets):
+            for future in waiters:
+                if not future.done():
+                    future.set_result(None)
+
+    async def _listen(self) -> None:
+        delay = 0.1
+        while not self._stopping:
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(FINISHED)
+                self.subscribed.set()
+                delay = 0.1
+                while not self._stopping:
+                    # A local wait on the socket (no command is sent): it only bounds how long
+                    # a stop request waits.
+                    message = await pubsub.get_message(timeout=0.25)
+                    if message is not None and message["type"] == "message":
+                        self._wake(_text(message["data"]))
+            except REDIS_DOWN:
+                self.subscribed.clear()
+                self._wake(None)
+                await asyncio.sleep(delay)
+                delay = min(5.0, delay * 2)
+            finally:
+                with suppress(Exception):
+                    await asyncio.wait_for(pubsub.aclose(), 1.0)  # type: ignore[no-untyped-call]
+
+
 @asynccontextmanager
 async def open_store(settings: Settings, *, socket_timeout: float = 5.0) -> AsyncIterator[Store]:
     store = Store(Store.client_for(settings.redis_url, socket_timeout=socket_timeout), settings)
@@ -471,15 +659,3 @@ async def open_store(settings: Settings, *, socket_timeout: float = 5.0) -> Asyn
 def unavailable(exc: BaseException) -> ServiceUnavailable:
     """The one message clients see when Redis cannot be reached."""
     return ServiceUnavailable(f"the task store (Redis) is unavailable: {exc.__class__.__name__}")
-
-
-__all__ = [
-    "LEASES",
-    "PROCESSING",
-    "REDIS_DOWN",
-    "WAITING",
-    "Store",
-    "image_key",
-    "open_store",
-    "task_key",
-]

@@ -86,7 +86,7 @@ class Worker:
             self.processed += 1
 
     async def _resize_and_complete(self, claim: Claim) -> None:
-        original = await self.store.get_original(claim.task_id)
+        original = await self.store.get_original(claim)
         if original is None:
             await self.store.fail(claim, "the original image is gone (its retention expired)")
             log.warning("task.failed", error="original missing")

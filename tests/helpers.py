@@ -12,10 +12,22 @@ from PIL import Image
 
 
 def make_image(
-    fmt: str = "PNG", size: int = 96, mode: str = "RGB", height: int | None = None
+    fmt: str = "PNG",
+    size: int = 96,
+    mode: str = "RGB",
+    height: int | None = None,
+    *,
+    unique: bool = False,
 ) -> bytes:
-    """A small image with real structure (a gradient), so resizing has something to do."""
+    """A small image with real structure (a gradient), so resizing has something to do.
+
+    ``unique`` paints a random corner, so the bytes differ from every other image
+    (the service deduplicates identical uploads).
+    """
     img = Image.linear_gradient("L").resize((size, height or size)).convert(mode)
+    if unique:
+        corner = Image.frombytes("L", (4, 4), os.urandom(16)).convert(mode)
+        img.paste(corner, (0, 0))
     out = io.BytesIO()
     img.save(out, fmt)
     return out.getvalue()

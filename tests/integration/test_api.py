@@ -13,13 +13,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from PIL import Image
 
-from resizer.api import make_app
+from resizer.api import COMPLETIONS, make_app
 from resizer.config import Settings
 from resizer.embedded import free_port
 from resizer.models import TaskStatus
-from resizer.store import Store
+from resizer.store import POOL_SIZE, Store
 from resizer.worker import Worker
-from tests.helpers import make_image, make_noise_image
+from tests.helpers import await_until, make_image, make_noise_image
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
 Client = TestClient[Any, Any]
@@ -294,3 +294,167 @@ async def test_health_and_ready(client: Client) -> None:
     ready = await client.get("/ready")
     assert ready.status == 200
     assert json.loads(await ready.text())["checks"] == {"redis": "ok"}
+
+
+# --- long-poll ---------------------------------------------------------------------------------
+
+
+async def test_wait_answers_as_soon_as_the_task_finishes(
+    client: Client, real_settings: Settings
+) -> None:
+    import asyncio
+
+    task_id = await post_image(client, make_image("PNG", unique=True))
+    waiter = asyncio.create_task(client.get(f"/tasks/{task_id}", params={"wait": "30"}))
+    await asyncio.sleep(0)  # let the request start before the worker does
+    await run_worker_until_idle(real_settings, 1)
+    async with asyncio.timeout(10):  # far below the 30 s it would take without a wake-up
+        response = await waiter
+    assert response.status == 200
+    assert (await response.json())["status"] == "DONE"
+
+
+async def test_wait_times_out_with_the_current_status(client: Client) -> None:
+    import time
+
+    task_id = await post_image(client, make_image("PNG", unique=True))
+    started = time.monotonic()
+    response = await client.get(f"/tasks/{task_id}", params={"wait": "0.3"})
+    assert time.monotonic() - started >= 0.3
+    assert (await response.json())["status"] == "WAITING"
+
+
+async def test_many_concurrent_waiters_share_one_subscription(
+    client: Client, real_settings: Settings
+) -> None:
+    import asyncio
+
+    import aiohttp
+    import redis
+
+    ids = [await post_image(client, make_image("PNG", unique=True)) for _ in range(5)]
+    admin = redis.Redis.from_url(real_settings.redis_url)
+    connections_before = len(admin.client_list())
+    # A session of its own: the test client's connection pool stops at 100.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        waiters = [
+            asyncio.create_task(
+                session.get(client.make_url(f"/tasks/{ids[i % 5]}"), params={"wait": "30"})
+            )
+            for i in range(300)
+        ]
+
+        async def all_registered() -> bool:
+            waiting: int = client.app[COMPLETIONS].waiting
+            return waiting == 300
+
+        await await_until(all_registered, 20, "300 registered waiters")
+        # Waiting holds no Redis connection per client: the bounded pool (plus the one
+        # subscription) is all the process ever opens, whatever the number of waiters.
+        assert len(admin.client_list()) <= connections_before + POOL_SIZE + 1
+        admin.close()
+        await run_worker_until_idle(real_settings, 5)
+        async with asyncio.timeout(10):
+            responses = await asyncio.gather(*waiters)
+        bodies = [await r.json() for r in responses]
+    assert [b["status"] for b in bodies] == ["DONE"] * 300
+    assert client.app[COMPLETIONS].waiting == 0
+
+
+@pytest.mark.parametrize("wait", ["-1", "31", "soon", "nan"])
+async def test_bad_wait_is_400(client: Client, wait: str) -> None:
+    task_id = await post_image(client, make_image("PNG"))
+    message = await assert_error(
+        await client.get(f"/tasks/{task_id}?wait={wait}"), 400, "bad_request"
+    )
+    assert "wait" in message
+
+
+async def test_wait_on_an_unknown_task_is_404(client: Client) -> None:
+    await assert_error(await client.get("/tasks/nope?wait=5"), 404, "not_found")
+
+
+# --- deduplication -----------------------------------------------------------------------------
+
+
+async def redis_bytes(url: str) -> int:
+    """What resizer's keys occupy in Redis, by MEMORY USAGE."""
+    import redis.asyncio as aioredis
+
+    admin = aioredis.Redis.from_url(url)
+    try:
+        total = 0
+        async for key in admin.scan_iter(match="{resizer}:*"):
+            total += await admin.memory_usage(key) or 0
+        return total
+    finally:
+        await admin.aclose()
+
+
+async def test_the_same_image_twice_is_stored_once_and_resized_once(
+    client: Client, real_settings: Settings
+) -> None:
+    data = make_noise_image("PNG", size=200)  # ~120 KB that do not compress
+    first = await post_image(client, data)
+    after_first = await redis_bytes(real_settings.redis_url)
+    second = await post_image(client, data)
+    after_second = await redis_bytes(real_settings.redis_url)
+    assert after_first > len(data)
+    saved = len(data) - (after_second - after_first)
+    assert after_second - after_first < 2_000, "the second task must not copy the image"
+    assert saved > 0.98 * len(data)
+
+    await run_worker_until_idle(real_settings, 1)  # one resize serves both
+    for task_id in (first, second):
+        body = await (await client.get(f"/tasks/{task_id}")).json()
+        assert body["status"] == "DONE"
+    sizes = [
+        (await (await client.get(f"/tasks/{t}/image?size=64")).json())["data"]
+        for t in (first, second)
+    ]
+    assert sizes[0] == sizes[1]
+
+    third = await client.post("/tasks", json={"data": b64(data)})
+    assert third.status == 201
+    assert (await third.json())["status"] == "DONE"  # no queueing at all
+
+
+# --- raw images --------------------------------------------------------------------------------
+
+
+async def test_raw_image_with_content_type_etag_and_304(
+    client: Client, real_settings: Settings
+) -> None:
+    data = make_image("JPEG", size=128, unique=True)
+    task_id = await post_image(client, data)
+    await run_worker_until_idle(real_settings, 1)
+    for request in (
+        client.get(f"/tasks/{task_id}/image?size=64", headers={"Accept": "image/*"}),
+        client.get(f"/tasks/{task_id}/image?size=64&raw=1"),
+    ):
+        response = await request
+        assert response.status == 200
+        assert response.content_type == "image/jpeg"
+        assert "immutable" in response.headers["Cache-Control"]
+        body = await response.read()
+        with Image.open(io.BytesIO(body)) as img:
+            assert (img.format, img.size) == ("JPEG", (64, 64))
+        etag = response.headers["ETag"]
+    again = await client.get(
+        f"/tasks/{task_id}/image?size=64&raw=1", headers={"If-None-Match": etag}
+    )
+    assert again.status == 304
+    assert await again.read() == b""
+    original = await client.get(f"/tasks/{task_id}/image?size=original&raw=1")
+    assert original.content_type == "image/jpeg"
+    assert await original.read() == data
+    other = await client.get(f"/tasks/{task_id}/image?size=32&raw=1")
+    assert other.headers["ETag"] != etag
+    json_default = await client.get(f"/tasks/{task_id}/image?size=64")
+    assert json_default.content_type == "application/json"
+
+
+async def test_raw_image_before_done_is_still_a_json_409(client: Client) -> None:
+    task_id = await post_image(client, make_image("PNG", unique=True))
+    response = await client.get(f"/tasks/{task_id}/image?size=64", headers={"Accept": "image/*"})
+    await assert_error(response, 409, "not_ready")

@@ -17,7 +17,7 @@ from PIL import Image
 from resizer import imaging
 from resizer.config import Settings
 from resizer.embedded import RedisServer
-from resizer.models import ImageSize, Task, TaskStatus
+from resizer.models import ImageSize, Task, TaskStatus, Upload
 from resizer.processes import resizer_command
 from resizer.store import LEASES, PROCESSING, WAITING, Store
 from tests.helpers import await_until, make_image, wait_until
@@ -62,8 +62,8 @@ async def store(procs: Processes) -> Store:
 
 
 async def submit(store: Store, data: bytes | None = None) -> str:
-    data = data or make_image("JPEG", size=256)
-    task = await store.create_task(imaging.inspect(data, store.settings.max_pixels), data)
+    data = data or make_image("JPEG", size=256, unique=True)
+    task = await store.create_task(Upload.of(imaging.inspect(data, 10**8), data))
     return task.id
 
 

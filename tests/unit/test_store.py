@@ -4,14 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 
+import attrs
 import pytest
 
-from resizer.models import Claim, ImageInfo, ImageSize, TaskStatus
-from resizer.store import LEASES, PROCESSING, WAITING, Store, image_key, task_key
+from resizer.models import Claim, ImageInfo, ImageSize, TaskStatus, Upload
+from resizer.store import (
+    LEASES,
+    PROCESSING,
+    WAITING,
+    Store,
+    blob_key,
+    joined_key,
+    result_key,
+    task_key,
+)
 
 INFO = ImageInfo(format="png", width=100, height=100)
 IMAGES = {64: base64.b64encode(b"sixty-four"), 32: base64.b64encode(b"thirty-two")}
+
+
+def upload(data: bytes | None = None) -> Upload:
+    """An upload of ``data`` (by default unique bytes, so no two tasks share content)."""
+    return Upload.of(INFO, os.urandom(16) if data is None else data)
 
 
 async def expire_lease(store: Store, task_id: str) -> None:
@@ -43,17 +59,18 @@ async def lease_deadline(store: Store, task_id: str) -> float:
 
 
 async def test_create_stores_task_and_original_atomically_and_queues_it(fake_store: Store) -> None:
-    task = await fake_store.create_task(INFO, b"\x89PNG raw bytes")
+    task = await fake_store.create_task(upload(b"\x89PNG raw bytes"))
     stored = await fake_store.get_task(task.id)
     assert stored is not None
     assert stored.status is TaskStatus.WAITING
     assert stored.attempts == 0
     assert stored.original == INFO
     assert stored.created_at == stored.updated_at == task.created_at
-    assert await fake_store.get_original(task.id) == b"\x89PNG raw bytes"
+    _, original = await fake_store.get_task_and_image(task.id, ImageSize.ORIGINAL)
+    assert original == b"\x89PNG raw bytes"
     assert await lists(fake_store) == ([task.id.encode()], [], [])
     ttl_ms = fake_store.settings.ttl_seconds * 1000
-    for key in (task_key(task.id), image_key(task.id, ImageSize.ORIGINAL)):
+    for key in (task_key(task.id), blob_key(stored.digest)):
         assert 0 < await fake_store.redis.pttl(key) <= ttl_ms
 
 
@@ -63,7 +80,7 @@ async def test_unknown_task_is_none(fake_store: Store) -> None:
 
 
 async def test_queue_is_fifo(fake_store: Store) -> None:
-    ids = [(await fake_store.create_task(INFO, b"x")).id for _ in range(3)]
+    ids = [(await fake_store.create_task(upload())).id for _ in range(3)]
     assert [await fake_store.take(0.01) for _ in ids] == ids
 
 
@@ -72,7 +89,7 @@ async def test_take_times_out_on_an_empty_queue(fake_store: Store) -> None:
 
 
 async def test_claim_sets_in_progress_counts_the_attempt_and_leases(fake_store: Store) -> None:
-    task = await fake_store.create_task(INFO, b"x")
+    task = await fake_store.create_task(upload())
     claim = await take_and_claim(fake_store)
     assert claim.task_id == task.id
     assert claim.attempt == 1
@@ -90,7 +107,7 @@ async def test_claim_sets_in_progress_counts_the_attempt_and_leases(fake_store: 
 
 
 async def test_a_duplicate_delivery_is_not_claimed_twice(fake_store: Store) -> None:
-    task = await fake_store.create_task(INFO, b"x")
+    task = await fake_store.create_task(upload())
     await take_and_claim(fake_store)
     # A second copy of the id in `processing` (a worker took it in a race) must not be claimed.
     await fake_store.redis.lpush(PROCESSING, task.id)
@@ -99,7 +116,7 @@ async def test_a_duplicate_delivery_is_not_claimed_twice(fake_store: Store) -> N
 
 
 async def test_claim_of_an_expired_task_cleans_up(fake_store: Store) -> None:
-    task = await fake_store.create_task(INFO, b"x")
+    task = await fake_store.create_task(upload())
     await fake_store.redis.delete(task_key(task.id))
     assert await fake_store.take(0.01) == task.id
     assert await fake_store.claim(task.id, "w1") is None
@@ -107,19 +124,19 @@ async def test_claim_of_an_expired_task_cleans_up(fake_store: Store) -> None:
 
 
 async def test_renew_extends_only_the_current_lease(fake_store: Store) -> None:
-    await fake_store.create_task(INFO, b"x")
+    await fake_store.create_task(upload())
     claim = await take_and_claim(fake_store)
     await fake_store.redis.zadd(LEASES, {claim.task_id: 1}, xx=True)
     assert await fake_store.renew(claim) is True
     assert await lease_deadline(fake_store, claim.task_id) > 1
-    stale = Claim(task_id=claim.task_id, token="not-the-token", attempt=1)
+    stale = attrs.evolve(claim, token="not-the-token")
     await fake_store.redis.zadd(LEASES, {claim.task_id: 1}, xx=True)
     assert await fake_store.renew(stale) is False
     assert await fake_store.redis.zscore(LEASES, claim.task_id) == 1
 
 
 async def test_complete_writes_every_size_and_done_in_one_step(fake_store: Store) -> None:
-    task = await fake_store.create_task(INFO, b"x")
+    task = await fake_store.create_task(upload())
     claim = await take_and_claim(fake_store)
     assert await fake_store.complete(claim, "png", IMAGES) is True
     stored = await fake_store.get_task(task.id)
@@ -129,29 +146,26 @@ async def test_complete_writes_every_size_and_done_in_one_step(fake_store: Store
     for size, data in IMAGES.items():
         _, image = await fake_store.get_task_and_image(task.id, ImageSize(str(size)))
         assert image == data
-        # Results expire with their task, not later.
-        assert (
-            0
-            < await fake_store.redis.pttl(image_key(task.id, size))
-            <= await fake_store.redis.pttl(task_key(task.id)) + 50
-        )
+    # Results expire with their content, not later.
+    result_ttl = await fake_store.redis.pttl(result_key(task.digest))
+    assert 0 < result_ttl <= await fake_store.redis.pttl(blob_key(task.digest)) + 50
     assert await fake_store.redis.hget(task_key(task.id), "token") is None
     assert await lists(fake_store) == ([], [], [])
 
 
 async def test_complete_with_a_stale_token_writes_nothing(fake_store: Store) -> None:
-    task = await fake_store.create_task(INFO, b"x")
+    task = await fake_store.create_task(upload())
     claim = await take_and_claim(fake_store)
-    stale = Claim(task_id=claim.task_id, token="old", attempt=1)
+    stale = attrs.evolve(claim, token="old")
     assert await fake_store.complete(stale, "png", IMAGES) is False
     stored = await fake_store.get_task(task.id)
     assert stored is not None
     assert stored.status is TaskStatus.IN_PROGRESS
-    assert await fake_store.redis.exists(image_key(task.id, 64), image_key(task.id, 32)) == 0
+    assert await fake_store.redis.exists(result_key(task.digest)) == 0
 
 
 async def test_a_presumed_dead_worker_cannot_overwrite_the_newer_attempt(fake_store: Store) -> None:
-    task = await fake_store.create_task(INFO, b"x")
+    task = await fake_store.create_task(upload())
     first = await take_and_claim(fake_store, "slow")
     await expire_lease(fake_store, task.id)
     report = await fake_store.recover()
@@ -171,7 +185,7 @@ async def test_a_presumed_dead_worker_cannot_overwrite_the_newer_attempt(fake_st
 
 
 async def test_fail_is_permanent_with_the_reason(fake_store: Store) -> None:
-    task = await fake_store.create_task(INFO, b"x")
+    task = await fake_store.create_task(upload())
     claim = await take_and_claim(fake_store)
     assert await fake_store.fail(claim, "cannot decode: truncated") is True
     stored = await fake_store.get_task(task.id)
@@ -181,7 +195,7 @@ async def test_fail_is_permanent_with_the_reason(fake_store: Store) -> None:
 
 
 async def test_retry_requeues_until_the_attempt_cap_then_fails(fake_store: Store) -> None:
-    task = await fake_store.create_task(INFO, b"x")
+    task = await fake_store.create_task(upload())
     for attempt in range(1, fake_store.settings.max_attempts):
         claim = await take_and_claim(fake_store)
         assert claim.attempt == attempt
@@ -200,7 +214,7 @@ async def test_retry_requeues_until_the_attempt_cap_then_fails(fake_store: Store
 
 
 async def test_recover_leaves_live_leases_alone(fake_store: Store) -> None:
-    await fake_store.create_task(INFO, b"x")
+    await fake_store.create_task(upload())
     claim = await take_and_claim(fake_store)
     report = await fake_store.recover()
     assert report.requeued == report.failed == report.adopted == []
@@ -208,7 +222,7 @@ async def test_recover_leaves_live_leases_alone(fake_store: Store) -> None:
 
 
 async def test_recover_requeues_expired_then_fails_at_the_cap(fake_store: Store) -> None:
-    task = await fake_store.create_task(INFO, b"x")
+    task = await fake_store.create_task(upload())
     for _ in range(fake_store.settings.max_attempts - 1):
         await take_and_claim(fake_store)
         await expire_lease(fake_store, task.id)
@@ -229,7 +243,7 @@ async def test_recover_requeues_expired_then_fails_at_the_cap(fake_store: Store)
 
 
 async def test_recover_adopts_a_taken_but_unclaimed_id_then_requeues_it(fake_store: Store) -> None:
-    task = await fake_store.create_task(INFO, b"x")
+    task = await fake_store.create_task(upload())
     assert await fake_store.take(0.01) == task.id  # ... and the worker dies before claiming
     report = await fake_store.recover()
     assert report.adopted == [task.id]
@@ -244,7 +258,7 @@ async def test_recover_adopts_a_taken_but_unclaimed_id_then_requeues_it(fake_sto
 
 
 async def test_a_late_claim_after_adoption_still_works(fake_store: Store) -> None:
-    task = await fake_store.create_task(INFO, b"x")
+    task = await fake_store.create_task(upload())
     assert await fake_store.take(0.01) == task.id
     assert (await fake_store.recover()).adopted == [task.id]
     claim = await fake_store.claim(task.id, "slow-starter")
@@ -254,7 +268,7 @@ async def test_a_late_claim_after_adoption_still_works(fake_store: Store) -> Non
 
 
 async def test_concurrent_recoveries_requeue_each_task_once(fake_store: Store) -> None:
-    ids = [(await fake_store.create_task(INFO, b"x")).id for _ in range(20)]
+    ids = [(await fake_store.create_task(upload())).id for _ in range(20)]
     for _ in ids:
         await take_and_claim(fake_store)
     for task_id in ids:
@@ -268,7 +282,7 @@ async def test_concurrent_recoveries_requeue_each_task_once(fake_store: Store) -
 
 
 async def test_recover_drops_ids_of_tasks_that_expired(fake_store: Store) -> None:
-    task = await fake_store.create_task(INFO, b"x")
+    task = await fake_store.create_task(upload())
     await take_and_claim(fake_store)
     await fake_store.redis.delete(task_key(task.id))
     await expire_lease(fake_store, task.id)
@@ -279,17 +293,98 @@ async def test_recover_drops_ids_of_tasks_that_expired(fake_store: Store) -> Non
 
 async def test_queue_lengths(fake_store: Store) -> None:
     for _ in range(3):
-        await fake_store.create_task(INFO, b"x")
+        await fake_store.create_task(upload())
     await take_and_claim(fake_store)
     assert await fake_store.queue_lengths() == (2, 1)
 
 
 @pytest.mark.parametrize("size", [ImageSize.ORIGINAL, ImageSize.S64])
 async def test_task_and_image_come_from_one_round_trip(fake_store: Store, size: ImageSize) -> None:
-    task = await fake_store.create_task(INFO, b"orig")
+    task = await fake_store.create_task(upload(b"orig"))
     claim = await take_and_claim(fake_store)
     await fake_store.complete(claim, "png", IMAGES)
     found, image = await fake_store.get_task_and_image(task.id, size)
     assert found is not None
     assert found.id == task.id
     assert image == (b"orig" if size is ImageSize.ORIGINAL else IMAGES[64])
+
+
+# --- deduplication by content -------------------------------------------------------------------
+
+
+async def test_same_bytes_in_flight_join_and_finish_together(fake_store: Store) -> None:
+    first = await fake_store.create_task(upload(b"same"))
+    second = await fake_store.create_task(upload(b"same"))
+    assert second.status is TaskStatus.WAITING
+    assert first.digest == second.digest
+    assert await lists(fake_store) == ([first.id.encode()], [], [])  # queued once
+    assert await fake_store.redis.smembers(joined_key(first.digest)) == {
+        first.id.encode(),
+        second.id.encode(),
+    }
+    claim = await take_and_claim(fake_store)
+    assert await fake_store.complete(claim, "png", IMAGES) is True
+    for task_id in (first.id, second.id):
+        task, image = await fake_store.get_task_and_image(task_id, ImageSize.S32)
+        assert task is not None
+        assert (task.status, task.result_format, image) == (TaskStatus.DONE, "png", IMAGES[32])
+    stored_second = await fake_store.get_task(second.id)
+    assert stored_second is not None
+    assert stored_second.attempts == 0  # it never needed a worker
+    assert await fake_store.redis.exists(joined_key(first.digest)) == 0
+
+
+async def test_same_bytes_after_done_are_done_at_once(fake_store: Store) -> None:
+    first = await fake_store.create_task(upload(b"same"))
+    await fake_store.complete(await take_and_claim(fake_store), "jpeg", IMAGES)
+    again = await fake_store.create_task(upload(b"same"))
+    assert again.status is TaskStatus.DONE
+    assert await lists(fake_store) == ([], [], [])  # nothing queued, nothing to resize
+    task, image = await fake_store.get_task_and_image(again.id, ImageSize.S64)
+    assert task is not None
+    assert (task.status, task.result_format, image) == (TaskStatus.DONE, "jpeg", IMAGES[64])
+    _, original = await fake_store.get_task_and_image(again.id, ImageSize.ORIGINAL)
+    assert original == b"same"
+    assert first.id != again.id
+
+
+async def test_failed_content_fails_its_joined_tasks_and_can_be_tried_again(
+    fake_store: Store,
+) -> None:
+    first = await fake_store.create_task(upload(b"bad"))
+    joined = await fake_store.create_task(upload(b"bad"))
+    assert await fake_store.fail(await take_and_claim(fake_store), "cannot decode") is True
+    for task_id in (first.id, joined.id):
+        task = await fake_store.get_task(task_id)
+        assert task is not None
+        assert (task.status, task.error) == (TaskStatus.FAILED, "cannot decode")
+    fresh = await fake_store.create_task(upload(b"bad"))
+    assert fresh.status is TaskStatus.WAITING
+    assert await lists(fake_store) == ([fresh.id.encode()], [], [])
+
+
+async def test_joined_tasks_fail_with_the_attempt_cap_too(fake_store: Store) -> None:
+    first = await fake_store.create_task(upload(b"poison"))
+    joined = await fake_store.create_task(upload(b"poison"))
+    for _ in range(fake_store.settings.max_attempts):
+        await take_and_claim(fake_store)
+        await expire_lease(fake_store, first.id)
+        await fake_store.recover()
+    task = await fake_store.get_task(joined.id)
+    assert task is not None
+    assert task.status is TaskStatus.FAILED
+    assert task.error is not None
+    assert "gave up after 3 attempts" in task.error
+
+
+async def test_shared_content_lives_as_long_as_its_longest_lived_task(fake_store: Store) -> None:
+    short = Store(fake_store.redis, attrs.evolve(fake_store.settings, ttl_seconds=100))
+    long = Store(fake_store.redis, attrs.evolve(fake_store.settings, ttl_seconds=1000))
+    first = await short.create_task(upload(b"shared"))
+    assert await fake_store.redis.pttl(blob_key(first.digest)) <= 100_000
+    await long.create_task(upload(b"shared"))
+    assert await fake_store.redis.pttl(blob_key(first.digest)) > 900_000
+    await short.create_task(upload(b"shared"))  # a shorter-lived task never shortens it
+    assert await fake_store.redis.pttl(blob_key(first.digest)) > 900_000
+    await long.complete(await take_and_claim(long), "png", IMAGES)
+    assert await fake_store.redis.pttl(result_key(first.digest)) > 900_000

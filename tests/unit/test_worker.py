@@ -9,14 +9,14 @@ import structlog
 from structlog.testing import capture_logs
 
 from resizer import imaging, worker
-from resizer.models import TaskStatus, Thumbnail
+from resizer.models import TaskStatus, Thumbnail, Upload
 from resizer.store import Store
 from resizer.worker import Backoff, Worker
 from tests.helpers import make_image
 
 
 async def submit(store: Store, data: bytes) -> str:
-    return (await store.create_task(imaging.inspect(data, 10**8), data)).id
+    return (await store.create_task(Upload.of(imaging.inspect(data, 10**8), data))).id
 
 
 async def run(store: Store, tasks: int) -> None:
