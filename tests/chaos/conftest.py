@@ -69,7 +69,8 @@ def small_photos() -> list[bytes]:
 
 @pytest.fixture
 def figures(request: pytest.FixtureRequest) -> Iterator[Figures]:
-    title = request.node.function.__doc__.strip().splitlines()[0].rstrip(".")
+    # The scenario's name: its docstring up to the first colon.
+    title = request.node.function.__doc__.strip().partition(":")[0]
     row = Figures(scenario=title)
     yield row
     if not row.wall_seconds:
