@@ -183,8 +183,10 @@ def _thumbnail_images(data: bytes, sizes: list[int]) -> tuple[str, list[Image.Im
             raise ImageDecodeError(
                 f"the image is {width}x{height} pixels, over the decoder's limit of {limit}"
             )
-        if width <= 0 or height <= 0:
-            raise ImageDecodeError(f"the image has no pixels ({width}x{height})")
+        if width <= 0 or width != height:
+            # The web process checked this from the same header; a worker may still be handed
+            # anything (an older API, a hand-queued task).
+            raise ImageDecodeError(f"the image must be square and non-empty, got {width}x{height}")
         target = sizes[0]
         # The part of the decoded pixels that the original covers: shrinking by a factor that does
         # not divide the size leaves a partial last row and column, which must not be stretched.
@@ -240,7 +242,7 @@ def _orientation(img: Image.Image) -> int:
 def _working_mode(img: Image.Image) -> Image.Image:
     """Bring any decoded mode to RGB, RGBA, L or LA (8 bits), keeping alpha and grayness.
 
-    CMYK stays CMYK here: it is converted (with its ICC profile if any) after the resize.
+    CMYK stays CMYK here: ``_to_srgb`` converts it with its ICC profile, if any.
     """
     mode = img.mode
     if mode in ("RGB", "RGBA", "L", "LA", "CMYK"):
@@ -339,6 +341,7 @@ def _transform_for(icc: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
         return None
 
 
+@functools.lru_cache(maxsize=32)
 def _was_gray(icc: bytes) -> bool:
     try:
         space = ImageCms.ImageCmsProfile(io.BytesIO(icc)).profile.xcolor_space.strip()

@@ -474,8 +474,19 @@ def _truncated(data: bytes) -> bytes:
         png_header_only(3000, 3000, idat=b"\x78\x9c" + b"\x00" * 50),
         b"GIF89a" + b"\xff" * 30,
         encode(photo(32), "PPM"),
+        encode(photo(64).resize((64, 40)), "PNG"),
     ],
-    ids=["empty", "soi-only", "jpeg-half", "png-half", "webp-half", "png-no-data", "gif", "ppm"],
+    ids=[
+        "empty",
+        "soi-only",
+        "jpeg-half",
+        "png-half",
+        "webp-half",
+        "png-no-data",
+        "gif",
+        "ppm",
+        "not-square",
+    ],
 )
 def test_undecodable_input_is_a_permanent_failure(data: bytes) -> None:
     with pytest.raises(ImageDecodeError) as caught:
