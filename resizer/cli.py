@@ -6,9 +6,10 @@ Service commands: serve, work, recover, up, healthcheck. Client commands: submit
 from __future__ import annotations
 
 import asyncio
+import enum
+import json
 import os
 import sys
-import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -17,9 +18,10 @@ import attrs
 import typer
 
 from resizer import __version__, logs
+from resizer.client import DEFAULT_URL, Client, SubmitResult
 from resizer.config import Settings
 from resizer.errors import ResizerError
-from resizer.models import ImageSize, TaskStatus
+from resizer.models import ImageSize, TaskStatus, TaskView, converter
 
 T = TypeVar("T")
 
@@ -35,6 +37,8 @@ UrlOption = Annotated[
     str,
     typer.Option("--url", envvar="RESIZER_URL", help="Address of the resizer server."),
 ]
+# The server, the worker and Pillow are imported inside the commands that run them, so client
+# commands do not pay for them at start-up.
 
 
 def _version(value: bool) -> None:
@@ -209,7 +213,10 @@ def up(
 def healthcheck(
     url: Annotated[str, typer.Option(envvar="RESIZER_URL")] = "http://127.0.0.1:8080",
 ) -> None:
-    """Exit 0 when the server's /health answers 200 (for container HEALTHCHECKs)."""
+    """Exit 0 when the server's /health answers 200 (for container HEALTHCHECKs).
+
+    Example: resizer healthcheck --url http://127.0.0.1:8080
+    """
     import urllib.request
 
     try:
@@ -224,87 +231,207 @@ def healthcheck(
 # --- client commands ----------------------------------------------------------------------------
 
 
+def _print_json(payload: object) -> None:
+    typer.echo(json.dumps(converter.unstructure(payload), indent=2))
+
+
 @app.command()
 def submit(
-    files: Annotated[list[Path], typer.Argument(help="Square image files.")],
+    paths: Annotated[
+        list[str], typer.Argument(help="Image files, directories (searched recursively), or -.")
+    ],
     wait: Annotated[bool, typer.Option(help="Wait until every task is DONE or FAILED.")] = False,
     timeout: Annotated[float, typer.Option(help="With --wait: give up after SECONDS.")] = 300,
-    url: UrlOption = "http://127.0.0.1:8080",
+    as_json: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
+    concurrency: Annotated[int, typer.Option(min=1, help="Uploads in flight at once.")] = 8,
+    url: UrlOption = DEFAULT_URL,
 ) -> None:
-    """Submit images; prints one task id per line.  Example: resizer submit cat.jpg --wait"""
-    from resizer.client import connect
+    """Submit images; prints one task id per line.
 
-    async def go() -> int:
-        failed = 0
+    Examples: resizer submit cat.jpg --wait;  resizer submit photos/ --json;
+    cat cat.jpg | resizer submit -
+    """
+    from resizer.client import connect, find_sources, submit_batch
+
+    sources = find_sources(paths, sys.stdin.buffer.read)
+    if not sources:
+        typer.echo("resizer: no image files found", err=True)
+        raise typer.Exit(1)
+    bar = _progress(len(sources), as_json)
+
+    finished: dict[int, SubmitResult] = {}
+    printed = 0
+
+    def report(index: int, result: SubmitResult) -> None:
+        # Errors at once on stderr; ids on stdout in the order the files were given, so a
+        # script can pair them with its inputs.
+        nonlocal printed
+        if bar is not None:
+            bar.advance()
+        if result.error is not None:
+            where = f" (task {result.id})" if result.id else ""
+            typer.echo(f"resizer: {result.source}{where}: {result.error}", err=True)
+        finished[index] = result
+        while printed in finished:
+            done = finished.pop(printed)
+            printed += 1
+            if done.error is None and not as_json:
+                typer.echo(done.id if bar is None else f"{done.id}  {done.source}")
+
+    async def go() -> list[SubmitResult]:
         async with connect(url) as client:
-            ids = []
-            for path in files:
-                try:
-                    data = path.read_bytes()
-                except OSError as exc:
-                    raise ResizerError(f"cannot read {path}: {exc.strerror}") from None
-                created = await client.submit(data)
-                typer.echo(created.id)
-                ids.append((path, created.id))
-            if wait:
-                deadline = time.monotonic() + timeout
-                for path, task_id in ids:
-                    view = await client.wait(task_id, max(0.0, deadline - time.monotonic()))
-                    if view.status is TaskStatus.FAILED:
-                        failed += 1
-                        typer.echo(
-                            f"resizer: {path}: task {task_id} FAILED: {view.error}", err=True
-                        )
-                    elif view.status is not TaskStatus.DONE:
-                        failed += 1
-                        typer.echo(f"resizer: {path}: task {task_id} still {view.status}", err=True)
-        return failed
+            return await submit_batch(
+                client,
+                sources,
+                wait=timeout if wait else None,
+                concurrency=concurrency,
+                on_result=report,
+            )
 
-    if _run(go()):
+    try:
+        results = _run(go())
+    finally:
+        if bar is not None:
+            bar.close()
+    if as_json:
+        _print_json(results)
+    if not all(r.ok for r in results):
         raise typer.Exit(1)
 
 
+class _Bar:
+    """A progress bar on stderr, for batches on a terminal only (pipes get plain lines)."""
+
+    def __init__(self, total: int) -> None:
+        from rich.progress import Progress
+
+        self._progress = Progress(transient=True, console=_stderr_console())
+        self._task = self._progress.add_task("submitting", total=total)
+        self._progress.start()
+
+    def advance(self) -> None:
+        self._progress.advance(self._task)
+
+    def close(self) -> None:
+        self._progress.stop()
+
+
+def _stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _progress(total: int, quiet: bool) -> _Bar | None:
+    if total < 2 or quiet or not sys.stderr.isatty():
+        return None
+    return _Bar(total)
+
+
 @app.command()
-def status(task_id: str, url: UrlOption = "http://127.0.0.1:8080") -> None:
-    """Show a task's status.  Example: resizer status 3f2a..."""
+def status(
+    task_ids: Annotated[list[str], typer.Argument(help="Task ids.", metavar="ID...")],
+    watch: Annotated[bool, typer.Option(help="Follow until every task is DONE or FAILED.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """Show tasks' status.  Examples: resizer status ID;  resizer status ID1 ID2 --watch --json"""
     from resizer.client import connect
 
-    async def go() -> None:
-        async with connect(url) as client:
-            view = await client.status(task_id)
-        line = f"{view.id}  {view.status}  attempts={view.attempts}  updated={view.updated_at}"
-        typer.echo(line + (f"  error={view.error}" if view.error else ""))
+    def line(view: TaskView) -> str:
+        text = f"{view.id}  {view.status}  attempts={view.attempts}  updated={view.updated_at}"
+        return text + (f"  error={view.error}" if view.error else "")
 
-    _run(go())
+    async def follow(client: Client, task_id: str) -> TaskView:
+        view = await client.status(task_id)
+        if not as_json:
+            typer.echo(line(view))
+        while watch and not view.status.finished:
+            latest = await client.status(task_id, wait=30)
+            if latest.status is not view.status and not as_json:
+                typer.echo(line(latest))
+            view = latest
+        return view
+
+    async def go() -> list[TaskView]:
+        async with connect(url) as client:
+            return list(await asyncio.gather(*(follow(client, t) for t in task_ids)))
+
+    views = _run(go())
+    if as_json:
+        _print_json(views)
+    if watch and any(v.status is TaskStatus.FAILED for v in views):
+        raise typer.Exit(1)
+
+
+class FetchSize(enum.StrEnum):
+    S64 = "64"
+    S32 = "32"
+    ORIGINAL = "original"
+    ALL = "all"
+
+    def sizes(self) -> list[ImageSize]:
+        if self is FetchSize.ALL:
+            return [ImageSize.S64, ImageSize.S32, ImageSize.ORIGINAL]
+        return [ImageSize(self.value)]
 
 
 @app.command()
 def fetch(
-    task_id: str,
-    size: Annotated[ImageSize, typer.Option(help="64, 32 or original.")] = ImageSize.S64,
+    task_ids: Annotated[list[str], typer.Argument(help="Task ids.", metavar="ID...")],
+    size: Annotated[FetchSize, typer.Option(help="Which image.")] = FetchSize.S64,
     output: Annotated[
-        Path | None, typer.Option("-o", "--output", help="File to write [default: ID_SIZE.EXT].")
-    ] = None,
-    url: UrlOption = "http://127.0.0.1:8080",
+        str,
+        typer.Option(
+            "-o",
+            "--output",
+            help="A directory, a file (one image only), or - for stdout. "
+            "Files in a directory are named ID_SIZE.EXT.",
+        ),
+    ] = ".",
+    force: Annotated[bool, typer.Option(help="Overwrite existing files.")] = False,
+    url: UrlOption = DEFAULT_URL,
 ) -> None:
-    """Write one size of a task's image to a file.  Example: resizer fetch ID --size 64 -o a.jpg"""
+    """Write tasks' images to files.
+
+    Examples: resizer fetch ID --size 64 -o thumb.jpg;  resizer fetch ID1 ID2 --size all -o out/;
+    resizer fetch ID -o - > thumb.jpg
+    """
     import base64
 
     from resizer.client import connect
 
-    async def go() -> Path:
-        async with connect(url) as client:
-            view = await client.image(task_id, size)
-        target = output or Path(
-            f"{task_id}_{size.value}.{'jpg' if view.format == 'jpeg' else view.format}"
-        )
-        try:
-            target.write_bytes(base64.b64decode(view.data))
-        except OSError as exc:
-            raise ResizerError(f"cannot write {target}: {exc.strerror}") from None
-        return target
+    wanted = [(task_id, s) for task_id in task_ids for s in size.sizes()]
+    target = Path(output)
+    into_dir = output != "-" and (len(wanted) > 1 or target.is_dir() or output.endswith("/"))
+    if output == "-" and len(wanted) > 1:
+        typer.echo("resizer: -o - writes one image; ask for one id and one size", err=True)
+        raise typer.Exit(2)
 
-    typer.echo(_run(go()))
+    async def go() -> list[str]:
+        written = []
+        async with connect(url) as client:
+            views = await asyncio.gather(*(client.image(t, s) for t, s in wanted))
+        for view in views:
+            data = base64.b64decode(view.data)
+            if output == "-":
+                sys.stdout.buffer.write(data)
+                sys.stdout.buffer.flush()
+                continue
+            ext = "jpg" if view.format == "jpeg" else view.format
+            path = target / f"{view.id}_{view.size.value}.{ext}" if into_dir else target
+            if path.exists() and not force:
+                raise ResizerError(f"{path} exists; pass --force to overwrite it")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+            except OSError as exc:
+                raise ResizerError(f"cannot write {path}: {exc.strerror}") from None
+            written.append(str(path))
+        return written
+
+    for path in _run(go()):
+        typer.echo(path)
 
 
 def main() -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
 import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,19 +38,16 @@ class Up:
         return pids
 
 
-def resizer(*args: str, url: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+def resizer(*args: str, url: str, stdin: bytes = b"") -> subprocess.CompletedProcess[str]:
+    """Run ``resizer ARGS --url URL`` as a user would, with ``stdin`` as its standard input."""
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
-    result: subprocess.CompletedProcess[str] = subprocess.run(
-        resizer_command(*args, "--url", url) if args[0] != "--version" else resizer_command(*args),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        stdin=subprocess.DEVNULL,
-        **kwargs,  # type: ignore[call-overload]
+    argv = (
+        resizer_command(*args) if args[0] == "--version" else resizer_command(*args, "--url", url)
     )
-    return result
+    done = subprocess.run(argv, env=env, capture_output=True, input=stdin, timeout=120, check=False)
+    return subprocess.CompletedProcess(
+        done.args, done.returncode, done.stdout.decode(), done.stderr.decode()
+    )
 
 
 def healthy(url: str) -> bool:
@@ -168,6 +167,93 @@ def test_version() -> None:
     result = resizer("--version", url="")
     assert result.returncode == 0
     assert result.stdout.startswith("resizer ")
+
+
+# --- the batch-friendly client (issue: a command-line client people enjoy) ----------------------
+
+
+def test_submit_directories_stdin_json_and_a_rejected_file(up: Up, tmp_path: Path) -> None:
+    album = tmp_path / "album"
+    (album / "nested").mkdir(parents=True)
+    (album / "a.png").write_bytes(make_image("PNG", unique=True))
+    (album / "nested" / "b.JPG").write_bytes(make_image("JPEG", unique=True))
+    (album / "notes.txt").write_text("not an image, not submitted")
+    (album / "wide.png").write_bytes(make_image("PNG", size=60, height=30))
+    piped = make_image("PNG", size=70, unique=True)
+
+    result = resizer("submit", str(album), "-", "--wait", "--json", url=up.url, stdin=piped)
+    assert result.returncode == 1  # one file was rejected
+    assert "wide.png" in result.stderr
+    assert "square" in result.stderr
+    report = json.loads(result.stdout)
+    by_source = {Path(r["source"]).name: r for r in report}
+    assert set(by_source) == {"a.png", "b.JPG", "wide.png", "-"}
+    for name in ("a.png", "b.JPG", "-"):
+        assert by_source[name]["status"] == "DONE"
+        assert by_source[name]["error"] is None
+    assert by_source["wide.png"]["id"] is None
+
+
+def test_status_many_as_json_and_watch(up: Up, tmp_path: Path) -> None:
+    files = []
+    for i in range(2):
+        files.append(tmp_path / f"{i}.png")
+        files[-1].write_bytes(make_image("PNG", unique=True))
+    ids = resizer("submit", *map(str, files), url=up.url).stdout.split()
+    watched = resizer("status", *ids, "--watch", url=up.url)
+    assert watched.returncode == 0
+    assert all(f"{task_id}  DONE" in watched.stdout for task_id in ids)
+    as_json = resizer("status", *ids, "--json", url=up.url)
+    assert [v["status"] for v in json.loads(as_json.stdout)] == ["DONE", "DONE"]
+
+
+def test_fetch_all_sizes_into_a_directory_and_to_stdout(up: Up, tmp_path: Path) -> None:
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(make_image("JPEG", size=200, unique=True))
+    (task_id,) = resizer("submit", str(photo), "--wait", url=up.url).stdout.split()
+    out = tmp_path / "out"
+    fetched = resizer("fetch", task_id, "--size", "all", "-o", str(out), url=up.url)
+    assert fetched.returncode == 0, fetched.stderr
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(f"{task_id}_{s}.jpg" for s in ("64", "32", "original"))
+    assert (out / f"{task_id}_original.jpg").read_bytes() == photo.read_bytes()
+
+    again = resizer("fetch", task_id, "--size", "all", "-o", str(out), url=up.url)
+    assert again.returncode == 1
+    assert "--force" in again.stderr
+    forced = resizer("fetch", task_id, "--size", "all", "-o", str(out), "--force", url=up.url)
+    assert forced.returncode == 0
+
+    raw = subprocess.run(
+        [*resizer_command("fetch", task_id, "--size", "32", "-o", "-", "--url", up.url)],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    with Image.open(io.BytesIO(raw.stdout)) as img:
+        assert (img.format, img.size) == ("JPEG", (32, 32))
+
+
+@pytest.mark.parametrize(
+    "command", ["serve", "work", "recover", "up", "submit", "status", "fetch", "healthcheck"]
+)
+def test_every_command_has_help_with_an_example(command: str) -> None:
+    result = subprocess.run(
+        resizer_command(command, "--help"), capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "Example" in result.stdout
+
+
+def test_shell_completion_is_available() -> None:
+    installed = Path(sys.executable).parent / "resizer"  # the console script poetry installs
+    result = subprocess.run(
+        [str(installed), "--show-completion", "bash"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "complete -o default -F _resizer_completion resizer" in result.stdout
 
 
 def test_sigterm_stops_up_and_leaves_no_process_behind(up: Up) -> None:
