@@ -18,7 +18,6 @@ from contextlib import AsyncExitStack, suppress
 from typing import Any
 
 import cattrs
-import redis.exceptions
 import structlog
 from aiohttp import web
 
@@ -45,7 +44,7 @@ from resizer.models import (
     Upload,
     converter,
 )
-from resizer.store import REDIS_DOWN, Completions, Store, open_store, unavailable
+from resizer.store import REDIS_DOWN, REDIS_FULL, Completions, Store, open_store, unavailable
 
 log = structlog.get_logger("resizer.api")
 
@@ -101,9 +100,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         except REDIS_DOWN as exc:
             err = unavailable(exc)
             response = error_response(err.status, err.code, err.message)
-        except redis.exceptions.ResponseError as exc:
-            if not str(exc).startswith("OOM"):
-                raise
+        except REDIS_FULL:
             full = StorageFull("the task store is full; nothing was stored, retry later")
             response = error_response(full.status, full.code, full.message)
         except Exception:

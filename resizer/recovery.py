@@ -10,7 +10,7 @@ from contextlib import suppress
 import structlog
 
 from resizer.config import Settings
-from resizer.store import REDIS_DOWN, open_store, unavailable
+from resizer.store import REDIS_DOWN, REDIS_FULL, open_store, unavailable
 from resizer.worker import Backoff, recover_once
 
 log = structlog.get_logger("resizer.recovery")
@@ -33,7 +33,7 @@ async def run_recovery(settings: Settings, every: float | None, say: Callable[[s
                 )
                 delay = every
                 backoff.reset()
-            except REDIS_DOWN as exc:
+            except REDIS_DOWN + REDIS_FULL as exc:
                 if every is None:
                     raise unavailable(exc) from None
                 delay = backoff.next()

@@ -111,6 +111,11 @@ REDIS_DOWN: Final = (
     redis.exceptions.BusyLoadingError,
 )
 
+# Redis at its maxmemory (noeviction) refused a write: nothing was written; retry later. A plain
+# command raises OutOfMemoryError; a write refused inside a script comes back as a ResponseError
+# naming the OOM, which the Store's scripts turn into an OutOfMemoryError too (_Script).
+REDIS_FULL: Final = (redis.exceptions.OutOfMemoryError,)
+
 
 def task_key(task_id: str) -> str:
     return f"{PREFIX}:task:{task_id}"
@@ -358,20 +363,35 @@ def new_task_id() -> str:
     return uuid.uuid4().hex
 
 
+class _Script:
+    """A registered Lua script whose refusal for lack of memory raises OutOfMemoryError."""
+
+    def __init__(self, script: Any) -> None:
+        self._script = script
+
+    async def __call__(self, keys: list[Any], args: list[Any]) -> Any:
+        try:
+            return await self._script(keys=keys, args=args)
+        except redis.exceptions.ResponseError as exc:
+            if isinstance(exc, REDIS_FULL) or "-OOM " not in str(exc):
+                raise
+            raise redis.exceptions.OutOfMemoryError(str(exc)) from exc
+
+
 class Store:
     """Typed operations on Redis. One instance per process; safe to share between tasks."""
 
     def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
         self.redis = client
         self.settings = settings
-        self._create = client.register_script(_CREATE)
-        self._claim = client.register_script(_CLAIM)
-        self._renew = client.register_script(_RENEW)
-        self._complete = client.register_script(_COMPLETE)
-        self._release = client.register_script(_RELEASE)
-        self._expired = client.register_script(_EXPIRED)
-        self._recover = client.register_script(_RECOVER)
-        self._adopt = client.register_script(_ADOPT)
+        self._create = _Script(client.register_script(_CREATE))
+        self._claim = _Script(client.register_script(_CLAIM))
+        self._renew = _Script(client.register_script(_RENEW))
+        self._complete = _Script(client.register_script(_COMPLETE))
+        self._release = _Script(client.register_script(_RELEASE))
+        self._expired = _Script(client.register_script(_EXPIRED))
+        self._recover = _Script(client.register_script(_RECOVER))
+        self._adopt = _Script(client.register_script(_ADOPT))
 
     @staticmethod
     def client_for(url: str, *, socket_timeout: float = 5.0) -> aioredis.Redis:

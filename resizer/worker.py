@@ -22,7 +22,7 @@ from resizer import faults, imaging
 from resizer.config import Settings
 from resizer.errors import ImageDecodeError
 from resizer.models import Claim, RecoveryReport, Thumbnail
-from resizer.store import REDIS_DOWN, Store, open_store
+from resizer.store import REDIS_DOWN, REDIS_FULL, Store, open_store
 
 log = structlog.get_logger("resizer.worker")
 
@@ -65,9 +65,11 @@ class Worker:
                 if task_id is not None:
                     await self.process(task_id)
                 backoff.reset()
-            except REDIS_DOWN as exc:
+            except REDIS_DOWN + REDIS_FULL as exc:
+                # A full Redis (maxmemory) is waited out like an outage, not a crash.
                 delay = backoff.next()
-                log.warning("redis.unreachable", error=str(exc), retry_in=delay)
+                event = "redis.full" if isinstance(exc, REDIS_FULL) else "redis.unreachable"
+                log.warning(event, error=str(exc), retry_in=delay)
                 with suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
         log.info("worker.stopped", worker=self.name, processed=self.processed)
@@ -126,7 +128,7 @@ class Worker:
         while True:
             try:
                 return await self.store.complete(claim, result_format, images)
-            except REDIS_DOWN:
+            except REDIS_DOWN + REDIS_FULL:
                 if time.monotonic() > give_up_at:
                     raise
                 await asyncio.sleep(backoff.next())
@@ -140,7 +142,7 @@ class Worker:
                     if not await self.store.renew(claim):
                         log.warning("lease.lost", during="heartbeat")
                         return
-                except REDIS_DOWN as exc:
+                except REDIS_DOWN + REDIS_FULL as exc:
                     log.warning("lease.renewal_failed", error=str(exc))
 
         beater = asyncio.create_task(beat())
