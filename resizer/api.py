@@ -21,7 +21,7 @@ import cattrs
 import structlog
 from aiohttp import web
 
-from resizer import imaging
+from resizer import imaging, openapi
 from resizer.config import Settings
 from resizer.errors import (
     BadRequest,
@@ -31,6 +31,7 @@ from resizer.errors import (
     TaskNotFound,
     TaskNotReady,
 )
+from resizer.metrics import CONTENT_TYPE, Metrics
 from resizer.models import (
     CreateTaskRequest,
     ErrorBody,
@@ -51,6 +52,7 @@ log = structlog.get_logger("resizer.api")
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
 COMPLETIONS = web.AppKey("completions", Completions)
+METRICS = web.AppKey("metrics", Metrics)
 
 # Parsing a body this large takes long enough to stall other requests: do it in a thread.
 _OFFLOAD_BYTES = 256 * 1024
@@ -107,13 +109,17 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             log.exception("request.crashed", method=request.method, path=request.path)
             response = error_response(500, "internal", "internal error; it has been logged")
         response.headers["X-Request-Id"] = request_id
-        route = request.match_info.route.resource
+        resource = request.match_info.route.resource
+        # The route template, never the raw path: metric labels must stay few.
+        route = resource.canonical if resource is not None else "<unmatched>"
+        seconds = time.perf_counter() - started
+        request.app[METRICS].observe(request.method, route, response.status, seconds)
         log.info(
             "request.handled",
             method=request.method,
-            route=route.canonical if route is not None else "<unmatched>",
+            route=route,
             status=response.status,
-            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            duration_ms=round(seconds * 1000, 2),
         )
         return response
 
@@ -312,6 +318,19 @@ async def ready(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready", "checks": {"redis": "ok"}})
 
 
+async def metrics(request: web.Request) -> web.Response:
+    try:
+        stats = await request.app[STORE].stats()
+    except REDIS_DOWN:
+        stats = None  # still export the web process's own metrics, and redis_up 0
+    body = request.app[METRICS].render(stats)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.json_response(openapi.document())
+
+
 def make_app(settings: Settings, store: Store | None = None) -> web.Application:
     """The app factory that ``resizer serve`` and the tests both call.
 
@@ -319,6 +338,7 @@ def make_app(settings: Settings, store: Store | None = None) -> web.Application:
     """
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[error_middleware])
     app[SETTINGS] = settings
+    app[METRICS] = Metrics()
 
     async def redis_pool(app: web.Application) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
@@ -338,6 +358,8 @@ def make_app(settings: Settings, store: Store | None = None) -> web.Application:
     app.router.add_get("/tasks/{task_id}/image", get_image)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi_json)
     return app
 
 

@@ -89,6 +89,33 @@ class Claim:
     digest: str
 
 
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+"""Upper bounds (seconds) of the processing-time histogram, Prometheus style (cumulative)."""
+
+
+@attrs.frozen
+class QueueStats:
+    """What the store counts for the metrics endpoint, shared by every process."""
+
+    counters: dict[str, int]  # created, deduplicated, done, failed, retried, recovered, ...
+    durations: dict[str, float]  # histogram buckets ("0.1", ..., "+Inf") and "sum"
+    waiting: int
+    in_flight: int
+
+
 @attrs.frozen
 class RecoveryReport:
     requeued: list[str] = attrs.Factory(list)

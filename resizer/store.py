@@ -87,9 +87,11 @@ from redis.backoff import ExponentialBackoff
 from resizer.config import Settings
 from resizer.errors import ServiceUnavailable
 from resizer.models import (
+    DURATION_BUCKETS,
     Claim,
     ImageInfo,
     ImageSize,
+    QueueStats,
     RecoveryReport,
     Task,
     TaskStatus,
@@ -101,6 +103,8 @@ WAITING: Final = f"{PREFIX}:waiting"
 PROCESSING: Final = f"{PREFIX}:processing"
 LEASES: Final = f"{PREFIX}:leases"
 FINISHED: Final = f"{PREFIX}:finished"
+STATS: Final = f"{PREFIX}:stats"
+DURATIONS: Final = f"{PREFIX}:stats:duration"
 POOL_SIZE: Final = 32
 """Redis connections per process, at most (the pub/sub listener takes one more)."""
 
@@ -137,20 +141,26 @@ def joined_key(digest: str) -> str:
 # Each script declares the keys it is given in KEYS (Redis Cluster routes by them). `now` is
 # read from the server inside the script: Redis >= 5 replicates script effects, so TIME is fine.
 
+_LUA_BUCKETS = ", ".join(f"'{b}'" for b in DURATION_BUCKETS)  # field names as Python writes them
 _PRELUDE = f"""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local TASK_PREFIX = '{PREFIX}:task:'
 local FINISHED = '{FINISHED}'
+local BUCKETS = {{{_LUA_BUCKETS}}}
+local STATS = '{STATS}'
+local function count(name, n) redis.call('HINCRBY', STATS, name, n or 1) end
 -- Make `key` live at least `ttl` ms from now; never shorten it.
 local function keep(key, ttl)
   local left = redis.call('PTTL', key)
   if left == -1 or (left >= 0 and left < ttl) then redis.call('PEXPIRE', key, ttl) end
 end
 -- Finish every task that joined this blob (and `id` itself), then forget the set.
+-- Returns how many tasks it finished.
 local function finish_all(joined, id, fields)
   local ids = redis.call('SMEMBERS', joined)
   table.insert(ids, id)
+  local finished = 0
   for _, member in ipairs(ids) do
     local key = TASK_PREFIX .. member
     local status = redis.call('HGET', key, 'status')
@@ -158,9 +168,11 @@ local function finish_all(joined, id, fields)
       redis.call('HSET', key, unpack(fields))
       redis.call('HDEL', key, 'token')
       redis.call('PUBLISH', FINISHED, member)
+      finished = finished + 1
     end
   end
   redis.call('DEL', joined)
+  return finished
 end
 """
 
@@ -181,16 +193,22 @@ redis.call('HSET', KEYS[1], 'status', 'WAITING', 'created_at', now, 'updated_at'
            'attempts', 0, 'format', ARGV[3], 'width', ARGV[4], 'height', ARGV[5],
            'digest', ARGV[7])
 redis.call('PEXPIRE', KEYS[1], ttl)
+count('created')
 local result_format = redis.call('HGET', KEYS[3], 'format')
 if result_format then
   keep(KEYS[3], ttl)
   redis.call('HSET', KEYS[1], 'status', 'DONE', 'result_format', result_format)
+  count('deduplicated')
+  count('done')
   return {now, 'done'}
 end
 local in_flight = redis.call('SCARD', KEYS[4]) > 0
 redis.call('SADD', KEYS[4], ARGV[1])
 keep(KEYS[4], ttl)
-if in_flight then return {now, 'joined'} end
+if in_flight then
+  count('deduplicated')
+  return {now, 'joined'}
+end
 redis.call('LPUSH', KEYS[5], ARGV[1])
 return {now, 'queued'}
 """
@@ -226,20 +244,27 @@ return 1
 """
 )
 
-# KEYS: task, processing, leases, blob, result, joined
-# ARGV: id, token, result_format, size, image, size, image...
+# KEYS: task, processing, leases, blob, result, joined, durations
+# ARGV: id, token, result_format, seconds, size, image, size, image...
 # Results and DONE (for the task and every task that joined it) in one step, only for the
-# holder of the current token.
+# holder of the current token; the processing time goes into the shared histogram.
 _COMPLETE = (
     _PRELUDE
     + """
 if redis.call('HGET', KEYS[1], 'token') ~= ARGV[2] then return 0 end
-redis.call('HSET', KEYS[5], 'format', ARGV[3], unpack(ARGV, 4))
+redis.call('HSET', KEYS[5], 'format', ARGV[3], unpack(ARGV, 5))
 local ttl = redis.call('PTTL', KEYS[4])
 if ttl > 0 then redis.call('PEXPIRE', KEYS[5], ttl) end
 redis.call('LREM', KEYS[2], 1, ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
-finish_all(KEYS[6], ARGV[1], {'status', 'DONE', 'result_format', ARGV[3], 'updated_at', now})
+local done = {'status', 'DONE', 'result_format', ARGV[3], 'updated_at', now}
+count('done', finish_all(KEYS[6], ARGV[1], done))
+local seconds = tonumber(ARGV[4])
+for _, le in ipairs(BUCKETS) do
+  if seconds <= tonumber(le) then redis.call('HINCRBY', KEYS[7], le, 1) end
+end
+redis.call('HINCRBY', KEYS[7], '+Inf', 1)
+redis.call('HINCRBYFLOAT', KEYS[7], 'sum', seconds)
 return 1
 """
 )
@@ -258,9 +283,12 @@ if fatal or attempts >= max_attempts then
     message = 'gave up after ' .. attempts .. ' attempts (RESIZER_MAX_ATTEMPTS=' ..
               max_attempts .. '); last: ' .. reason
   end
-  finish_all(KEYS[5], id, {'status', 'FAILED', 'error', message, 'updated_at', now})
+  local failed = {'status', 'FAILED', 'error', message, 'updated_at', now}
+  count('failed', finish_all(KEYS[5], id, failed))
+  if not fatal then count('attempt_cap_failures') end
   return 'failed'
 end
+count(requeue_counter)
 redis.call('HSET', KEYS[1], 'status', 'WAITING', 'updated_at', now)
 if not redis.call('LPOS', KEYS[4], id) then
   redis.call('LPUSH', KEYS[4], id)
@@ -275,6 +303,7 @@ _RELEASE = (
     + """
 if redis.call('HGET', KEYS[1], 'token') ~= ARGV[2] then return 'stale' end
 local id, reason, fatal, max_attempts = ARGV[1], ARGV[3], ARGV[4] == '1', tonumber(ARGV[5])
+local requeue_counter = 'retried'
 """
     + _RELEASE_TAIL
 )
@@ -304,6 +333,7 @@ if not status or status == 'DONE' or status == 'FAILED' then
   return 'dropped'
 end
 local reason = 'the worker stopped renewing its lease (crashed, killed or stalled)'
+local requeue_counter = 'recovered'
 """
     + _RELEASE_TAIL
 )
@@ -498,10 +528,17 @@ class Store:
         )
         return bool(renewed)
 
-    async def complete(self, claim: Claim, result_format: str, images: dict[int, bytes]) -> bool:
+    async def complete(
+        self,
+        claim: Claim,
+        result_format: str,
+        images: dict[int, bytes],
+        seconds: float = 0.0,
+    ) -> bool:
         """Store every size (base64) and mark DONE, atomically, if the claim is current.
 
         Every task that joined this one (same bytes) becomes DONE in the same step.
+        ``seconds`` (the processing time) goes into the shared duration histogram.
         """
         sizes = sorted(images, reverse=True)
         done = await self._complete(
@@ -512,11 +549,13 @@ class Store:
                 blob_key(claim.digest),
                 result_key(claim.digest),
                 joined_key(claim.digest),
+                DURATIONS,
             ],
             args=[
                 claim.task_id,
                 claim.token,
                 result_format,
+                repr(seconds),
                 *(item for s in sizes for item in (str(s), images[s])),
             ],
         )
@@ -576,6 +615,21 @@ class Store:
                 return report
 
     # --- introspection --------------------------------------------------------------------------
+
+    async def stats(self) -> QueueStats:
+        """Counters kept by the scripts (so every worker's work is counted), and queue lengths."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(STATS)
+            pipe.hgetall(DURATIONS)
+            pipe.llen(WAITING)
+            pipe.zcard(LEASES)
+            counters, durations, waiting, leased = await pipe.execute()
+        return QueueStats(
+            counters={_text(k): int(v) for k, v in counters.items()},
+            durations={_text(k): float(v) for k, v in durations.items()},
+            waiting=int(waiting),
+            in_flight=int(leased),
+        )
 
     async def queue_lengths(self) -> tuple[int, int]:
         """(waiting, in flight)."""

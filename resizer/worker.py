@@ -109,25 +109,26 @@ class Worker:
             return
         images = {t.size: base64.b64encode(t.data) for t in thumbnails}
         faults.hit("before_complete")
-        if await self._complete_despite_outage(claim, thumbnails[0].format, images):
+        seconds = time.perf_counter() - started
+        if await self._complete_despite_outage(claim, thumbnails[0].format, images, seconds):
             faults.hit("after_complete")
             log.info(
                 "task.done",
                 format=thumbnails[0].format,
-                duration_ms=round((time.perf_counter() - started) * 1000, 1),
+                duration_ms=round(seconds * 1000, 1),
             )
         else:
             log.warning("lease.lost", during="complete", detail="a newer attempt owns the task")
 
     async def _complete_despite_outage(
-        self, claim: Claim, result_format: str, images: dict[int, bytes]
+        self, claim: Claim, result_format: str, images: dict[int, bytes], seconds: float
     ) -> bool:
         """Results are worth keeping through a short Redis outage: retry while the lease lives."""
         backoff = Backoff()
         give_up_at = time.monotonic() + self.settings.lease_seconds
         while True:
             try:
-                return await self.store.complete(claim, result_format, images)
+                return await self.store.complete(claim, result_format, images, seconds)
             except REDIS_DOWN + REDIS_FULL:
                 if time.monotonic() > give_up_at:
                     raise

@@ -388,3 +388,40 @@ async def test_shared_content_lives_as_long_as_its_longest_lived_task(fake_store
     assert await fake_store.redis.pttl(blob_key(first.digest)) > 900_000
     await long.complete(await take_and_claim(long), "png", IMAGES)
     assert await fake_store.redis.pttl(result_key(first.digest)) > 900_000
+
+
+async def test_the_scripts_count_what_happens_for_the_metrics(fake_store: Store) -> None:
+    done = await fake_store.create_task(upload(b"a"))
+    await fake_store.create_task(upload(b"a"))  # joins
+    await fake_store.complete(await take_and_claim(fake_store), "png", IMAGES, seconds=0.2)
+    await fake_store.create_task(upload(b"a"))  # done at once
+    crashed = await fake_store.create_task(upload())
+    for _ in range(fake_store.settings.max_attempts):
+        await take_and_claim(fake_store)
+        await expire_lease(fake_store, crashed.id)
+        await fake_store.recover()
+    flaky = await fake_store.create_task(upload())
+    assert await fake_store.retry(await take_and_claim(fake_store), "boom") == "requeued"
+    stats = await fake_store.stats()
+    assert stats.counters == {
+        "created": 5,
+        "deduplicated": 2,
+        "done": 3,
+        "recovered": 2,
+        "failed": 1,
+        "attempt_cap_failures": 1,
+        "retried": 1,
+    }
+    assert stats.durations == {
+        "0.25": 1,
+        "0.5": 1,
+        "1.0": 1,
+        "2.5": 1,
+        "5.0": 1,
+        "10.0": 1,
+        "30.0": 1,
+        "+Inf": 1,
+        "sum": 0.2,
+    }
+    assert (stats.waiting, stats.in_flight) == (1, 0)
+    assert done.id != flaky.id
