@@ -9,7 +9,7 @@ export POETRY_VIRTUALENVS_IN_PROJECT := true
 export POETRY_NO_INTERACTION := 1
 RUN := $(POETRY) run
 
-.PHONY: venv up test bench lint lint-deploy format check docker docker-up docker-down clean
+.PHONY: venv up test bench lint lint-deploy format check chaos docker docker-up docker-down clean
 
 $(POETRY):
 	$(PYTHON) -m venv $(TOOLS)/poetry
@@ -59,6 +59,12 @@ format: venv
 	$(RUN) ruff format .
 
 check: format lint test
+
+# The chaos and load scenarios (tests/chaos, marked `chaos`, so not in `make test`): real
+# `resizer` processes SIGKILLed, SIGSTOPped, SIGTERMed, a real Redis killed and filled up.
+# A few minutes on 2 cores; ends with one table of figures (see docs/chaos.md).
+chaos: venv ## the chaos and load scenarios; prints the table of figures
+	$(RUN) pytest tests/chaos -m chaos -q -p no:cacheprovider
 
 docker: docker-down ## clean, build, up
 	docker compose build --pull
