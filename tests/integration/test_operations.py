@@ -178,3 +178,19 @@ def test_the_api_conforms_to_its_document(live_url: str) -> None:
             case.call_and_validate(checks=checks, timeout=40)
 
         conforms()
+
+
+async def test_each_request_is_one_log_event_with_route_status_duration_and_id(
+    client: Client,
+) -> None:
+    import structlog
+    from structlog.testing import capture_logs
+
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as events:
+        response = await client.get("/tasks/abc", headers={"X-Request-Id": "req-42"})
+    handled = [e for e in events if e["event"] == "request.handled"]
+    assert len(handled) == 1
+    event = handled[0]
+    assert (event["method"], event["route"], event["status"]) == ("GET", "/tasks/{task_id}", 404)
+    assert event["request_id"] == "req-42" == response.headers["X-Request-Id"]
+    assert event["duration_ms"] >= 0
