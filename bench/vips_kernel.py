@@ -4,60 +4,68 @@ Run by bench/kernel.py, never imported by it: importing pyvips loads libvips and
 the process, which rebinds Pillow's JPEG/PNG symbols to other library builds and would skew the
 Pillow figures. VIPS_CONCURRENCY=1 is set by the caller (libvips reads it when it starts).
 
-Prints one JSON object: {file name: ms per task}, or {"error": reason} when libvips is missing.
+A small server, so that the kernel can interleave its measurements with ours (a shared machine's
+load then hits both alike): each line on stdin is "PATH RUNS"; the answer is one JSON line, the
+best ms per task over RUNS runs. The first line out is {"ready": true} or {"error": reason}.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
-from bench.timing import ms_per_call, pin_to_one_core
+from bench.timing import pin_to_one_core
 
 # The same output choices as the pipeline: JPEG q97 4:4:4, lossless WebP, optimised PNG.
-_SAVE = {
-    "jpeg": ".jpg[Q=97,subsample_mode=off]",
-    "webp": ".webp[lossless]",
-    "png": ".png",
-}
+_SAVE = {"jpeg": ".jpg[Q=97,subsample_mode=off]", "webp": ".webp[lossless]", "png": ".png"}
 
 
-def main(paths: list[str]) -> int:
+def _say(payload: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(payload) + "\n")
+    sys.stdout.flush()
+
+
+def main() -> int:
     pin_to_one_core()
     try:
         import pyvips
     except Exception as exc:  # ImportError, or OSError when libvips itself cannot be loaded
-        print(json.dumps({"error": f"pyvips unavailable: {exc}"}))
+        _say({"error": f"pyvips unavailable: {exc}"})
         return 0
     from resizer.imaging import output_format
 
-    results: dict[str, float] = {}
-    for name in paths:
-        path = Path(name)
-        data = path.read_bytes()
-        probe = pyvips.Image.new_from_buffer(data, "")
-        loader = str(probe.get("vips-loader"))
-        fmt = output_format(_loader_format(loader))
-        suffix = _SAVE[fmt]
+    _say({"ready": True, "libvips": f"{pyvips.version(0)}.{pyvips.version(1)}"})
+    for line in sys.stdin:
+        name, runs = line.split()
+        data = Path(name).read_bytes()
+        loader = str(pyvips.Image.new_from_buffer(data, "").get("vips-loader"))
+        suffix = _SAVE[output_format(_loader_format(loader))]
 
         def task(data: bytes = data, suffix: str = suffix) -> None:
-            # Like the pipeline: one shrink-on-load thumbnail at 64, the 32 derived from it.
+            # Like the pipeline: one shrink-on-load thumbnail at 64, and the 32 from it.
             big = pyvips.Image.thumbnail_buffer(data, 64, height=64).copy_memory()
             big.write_to_buffer(suffix)
             big.thumbnail_image(32, height=32).write_to_buffer(suffix)
 
-        results[path.name] = ms_per_call(task)
-    print(json.dumps(results))
+        task()
+        best = float("inf")
+        for _ in range(int(runs)):
+            started = time.perf_counter()
+            task()
+            best = min(best, (time.perf_counter() - started) * 1000)
+        _say({"ms": best})
     return 0
 
 
 def _loader_format(loader: str) -> str:
-    for key, fmt in (("jpeg", "jpeg"), ("png", "png"), ("webp", "webp"), ("gif", "gif")):
+    for key in ("jpeg", "png", "webp", "gif"):
         if key in loader:
-            return fmt
+            return key
     return loader
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())
