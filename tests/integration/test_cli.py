@@ -10,6 +10,7 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
 
 import attrs
@@ -254,6 +255,34 @@ def test_shell_completion_is_available() -> None:
         check=True,
     )
     assert "complete -o default -F _resizer_completion resizer" in result.stdout
+
+
+def test_a_batch_on_a_terminal_shows_a_progress_bar(up: Up, tmp_path: Path) -> None:
+    import pty
+
+    for i in range(3):
+        (tmp_path / f"{i}.png").write_bytes(make_image("PNG", unique=True))
+    controller, terminal = pty.openpty()
+    try:
+        env = {**os.environ, "COLUMNS": "100", "TERM": "xterm"}
+        done = subprocess.run(
+            resizer_command("submit", str(tmp_path), "--url", up.url),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=terminal,
+            env=env,
+            timeout=60,
+            check=True,
+        )
+        os.close(terminal)
+        seen = b""
+        with suppress(OSError):  # EIO once the terminal's other end is closed
+            while chunk := os.read(controller, 65536):
+                seen += chunk
+    finally:
+        os.close(controller)
+    assert b"submitting" in seen  # the bar, drawn on the terminal (stderr)
+    assert len(done.stdout.split()) == 6  # "<id>  <file>" lines on stdout
 
 
 def test_sigterm_stops_up_and_leaves_no_process_behind(up: Up) -> None:
