@@ -182,6 +182,36 @@ def unique_variant(data: bytes, index: int) -> bytes:
 # --- section 2 ----------------------------------------------------------------------------------
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_groups(up_pid: int, redis_pid: int) -> dict[str, list[int]]:
+    """The processes of the service by role: web, workers, redis, and the rest (supervisor,
+    recovery)."""
+    groups: dict[str, list[int]] = {"web": [], "workers": [], "redis": [redis_pid], "other": []}
+    for pid in [up_pid, *_descendants(up_pid)]:
+        with contextlib.suppress(OSError):
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            role = "web" if b"serve" in argv else "workers" if b"work" in argv else "other"
+            groups[role].append(pid)
+    return groups
+
+
+def cpu_by_group(groups: dict[str, list[int]]) -> dict[str, float]:
+    totals = {}
+    for role, pids in groups.items():
+        total = 0.0
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                total += cpu_seconds(pid)
+        totals[role] = total
+    totals["client"] = cpu_seconds(os.getpid())
+    return totals
+
+
 SETS = (("512 PNG", "photo-512.png", 400), ("1024 JPEG", "phone-1024.jpg", 600),
         ("3000 JPEG", "phone-3000.jpg", 160))  # fmt: skip
 
@@ -194,7 +224,9 @@ def end_to_end(corpus: Path, workers: int, kernel_ms: dict[str, float]) -> list[
         f"{'set':10} {'tasks':>5} {'tasks/s':>8} {'limit/s':>8} {'effic.':>7}"
         f" {'p50 ms':>8} {'p99 ms':>8} {'failed':>6}",
     ]
-    with RedisServer() as redis, resizer_up(workers, redis.url) as (url, _):
+    with RedisServer() as redis, resizer_up(workers, redis.url) as (url, up):
+        assert redis.proc is not None
+        groups = process_groups(up.pid, redis.proc.pid)
         serial = 0
         for label, name, count in SETS:
             data = (corpus / name).read_bytes()
@@ -202,17 +234,28 @@ def end_to_end(corpus: Path, workers: int, kernel_ms: dict[str, float]) -> list[
             bodies = [_body(unique_variant(data, serial + i)) for i in range(count + paced_count)]
             serial += len(bodies)
             asyncio.run(_run_tasks(url, bodies[:10], "warm-up"))
+            cpu_before = cpu_by_group(groups)
             burst = asyncio.run(_run_tasks(url, bodies[10:count], label))
+            cpu_after = cpu_by_group(groups)
             paced = asyncio.run(
                 _run_tasks(url, bodies[count:], label, interval=2 / burst.rate, in_flight=64)
             )
-            ms = kernel_ms.get(name)
-            limit = min(workers, cores or 1) * 1000 / ms if ms else float("nan")
+            ms_kernel = kernel_ms.get(name, float("nan"))
+            limit = min(workers, cores or 1) * 1000 / ms_kernel
             lines.append(
                 f"{label:10} {burst.tasks:5d} {burst.rate:8.1f} {limit:8.1f}"
                 f" {burst.rate / limit:7.0%}"
                 f" {percentile(paced.latencies, 50):8.1f} {percentile(paced.latencies, 99):8.1f}"
                 f" {burst.failed + paced.failed:6d}"
+            )
+            per_task = {
+                role: (cpu_after[role] - cpu_before[role]) * 1000 / burst.tasks
+                for role in cpu_after
+            }
+            lines.append(
+                "           CPU ms per task: "
+                + ", ".join(f"{role} {ms:.1f}" for role, ms in per_task.items())
+                + f" (kernel alone {ms_kernel:.1f})"
             )
     lines.append(
         "  limit = min(workers, cores) x 1000 / kernel ms of the same file (section 1);"
