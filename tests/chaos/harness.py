@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import http.client
 import io
 import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -121,14 +123,7 @@ class Cluster:
         return (self.logs / f"{self.names[proc.pid]}.log").read_text(errors="replace")
 
     def events(self, proc: subprocess.Popen[bytes]) -> list[dict[str, Any]]:
-        found = []
-        for line in self.log_of(proc).splitlines():
-            if line.startswith("{"):
-                try:
-                    found.append(json.loads(line))
-                except ValueError:
-                    continue  # a line cut short by SIGKILL
-        return found
+        return parse_events(self.log_of(proc))
 
     def serve(self, settings: Settings | None = None) -> tuple[subprocess.Popen[bytes], str]:
         """``resizer serve`` on a free port; returns once ``/health`` answers."""
@@ -152,6 +147,60 @@ class Cluster:
 
     def redis(self) -> redis.Redis:
         return redis.Redis.from_url(self.settings.redis_url, socket_timeout=10)
+
+
+class Zygote:
+    """Forks real worker processes from a warmed-up Python (see tests/chaos/zygote.py)."""
+
+    def __init__(self, cluster: Cluster, failpoints: str = "") -> None:
+        self.logs = cluster.logs
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.chaos.zygote", str(cluster.logs)],
+            env=cluster.env(failpoints),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=Path(__file__).parents[2],
+        )
+        cluster.procs.append(self.proc)
+        self.spawned: list[int] = []
+
+    def spawn(self) -> int:
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
+        self.proc.stdin.write(b"\n")
+        self.proc.stdin.flush()
+        pid = int(self.proc.stdout.readline())
+        self.spawned.append(pid)
+        return pid
+
+    def log(self, pid: int) -> str:
+        path = self.logs / f"forked-work-{self.spawned.index(pid)}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def events(self, pid: int) -> list[dict[str, Any]]:
+        return parse_events(self.log(pid))
+
+    def kill(self, pid: int) -> None:
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not Path(f"/proc/{pid}").exists(), 10, f"worker {pid} to die")
+
+    def close(self) -> None:
+        for pid in self.spawned:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.proc.kill()
+        self.proc.wait()
+
+
+def parse_events(log: str) -> list[dict[str, Any]]:
+    found = []
+    for line in log.splitlines():
+        if line.startswith("{"):
+            try:
+                found.append(json.loads(line))
+            except ValueError:
+                continue  # a line cut short by SIGKILL
+    return found
 
 
 # --- waiting ----------------------------------------------------------------------------------
