@@ -32,11 +32,15 @@ TTL_TASKS = 300
 TTL_SECONDS = 10
 
 
-def per_task_keys(client: redis.Redis) -> list[bytes]:
+def key_names(client: redis.Redis) -> list[str]:
+    return sorted(k.decode() if isinstance(k, bytes) else str(k) for k in client.keys("*"))
+
+
+def per_task_keys(client: redis.Redis) -> list[str]:
     """Keys that exist because of some task. What may stay: the three shared queue keys and the
     service's own counters (a handful of keys, whatever the number of tasks)."""
-    shared = (b"{resizer}:waiting", b"{resizer}:processing", b"{resizer}:leases")
-    return [k for k in client.keys("*") if k not in shared and not k.startswith(b"{resizer}:stats")]
+    shared = ("{resizer}:waiting", "{resizer}:processing", "{resizer}:leases")
+    return [k for k in key_names(client) if k not in shared and not k.startswith("{resizer}:stats")]
 
 
 def used_memory(client: redis.Redis) -> int:
@@ -99,7 +103,7 @@ async def test_load(
     short_done = statuses(client, short_ids).count("DONE")
     full = used_memory(client)
     wait_until(lambda: per_task_keys(client) == [], TTL_SECONDS + 30, "every task's keys to expire")
-    shared_keys = sorted(k.decode() for k in client.keys("*"))
+    shared_keys = key_names(client)
     after_ttl = used_memory(client)
     short_web.terminate()
 

@@ -59,8 +59,8 @@ async def test_worker_massacre(
                 ids.append(task_id)
                 watcher.watch(task_id)
 
-            for start in range(0, TASKS, 8):
-                await asyncio.gather(*(one(n) for n in range(start, min(TASKS, start + 8))))
+            for first in range(0, TASKS, 8):
+                await asyncio.gather(*(one(n) for n in range(first, min(TASKS, first + 8))))
         figures.submitted = len(ids)
 
         slots = [zygote.spawn() for _ in range(WORKERS)]
