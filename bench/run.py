@@ -28,7 +28,7 @@ def machine() -> str:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return (
         f"machine: {cores} cores ({model}), Python {platform.python_version()},"
-        f" Pillow {PIL.__version__} (libjpeg-turbo {features.version('jpg')},"
+        f" Pillow {PIL.__version__} (libjpeg-turbo {features.version('libjpeg_turbo')},"
         f" zlib {features.version('zlib')}, libwebp {features.version('webp')})"
     )
 
