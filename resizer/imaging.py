@@ -119,10 +119,12 @@ def inspect(data: bytes, max_pixels: int) -> ImageInfo:
         raise InvalidImage(f"the image has no pixels ({width}x{height})")
     if width != height:
         raise InvalidImage(f"the image must be square, got {width}x{height}")
-    if width * height > max_pixels:
+    # The worker's decoder refuses images past Pillow's bomb limit whatever RESIZER_MAX_PIXELS
+    # says: refuse them here too, with a 422 now rather than a FAILED task later.
+    limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
+    if width * height > limit:
         raise InvalidImage(
-            f"the image is {width}x{height} = {width * height} pixels,"
-            f" over the limit of {max_pixels}"
+            f"the image is {width}x{height} = {width * height} pixels, over the limit of {limit}"
         )
     return ImageInfo(format=fmt, width=width, height=height)
 

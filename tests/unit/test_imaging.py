@@ -94,6 +94,14 @@ def test_inspect_rejects_with_a_reason(data: bytes, message: str) -> None:
     assert caught.value.status == 422
 
 
+def test_inspect_never_accepts_what_the_decoder_would_refuse() -> None:
+    # RESIZER_MAX_PIXELS set above Pillow's bomb limit: the header check still says no, so the
+    # client gets a 422 instead of a task that is bound to fail.
+    side = 10_000  # 100 MP: past Pillow's 89 MP limit, under a generous 200 MP setting
+    with pytest.raises(InvalidImage, match="over the limit"):
+        imaging.inspect(png_header_only(side, side), 200_000_000)
+
+
 def test_output_format_and_content_type() -> None:
     assert imaging.output_format("jpeg") == "jpeg"
     assert imaging.output_format("mpo") == "jpeg"
