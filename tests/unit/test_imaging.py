@@ -126,6 +126,7 @@ def test_output_format_and_content_type() -> None:
         ("GIF", "png"),
         ("TIFF", "png"),
         ("BMP", "png"),
+        ("AVIF", "png"),
     ],
 )
 def test_output_is_the_input_format_where_pillow_writes_it_well(fmt: str, expected: str) -> None:

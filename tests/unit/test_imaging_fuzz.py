@@ -55,6 +55,10 @@ def _seeds() -> list[bytes]:
         encode(small.convert("CMYK"), "TIFF", icc_profile=cmyk_profile(ink)),
         encode(small, "BMP"),
         encode(gray16, "PNG"),
+        encode(small, "MPO", save_all=True, append_images=[photo(96, seed=5)]),
+        encode(rgba, "PNG", save_all=True, append_images=[small.convert("RGBA")]),  # APNG
+        encode(small.quantize(16), "PNG", transparency=3),
+        encode(small, "AVIF", quality=60),
     ]
 
 
