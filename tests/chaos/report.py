@@ -7,6 +7,28 @@ import sys
 from pathlib import Path
 from typing import Any
 
+# The order; a scenario not listed goes last.
+SCENARIOS = (
+    "Worker massacre",
+    "Kill at every step",
+    "Poison task",
+    "Presumed dead but alive",
+    "Redis goes away",
+    "Recovery races",
+    "Graceful shutdown",
+    "Load",
+    "Memory pressure",
+)
+
+
+def ordered(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def rank(row: dict[str, Any]) -> int:
+        name = row.get("scenario", "")
+        return SCENARIOS.index(name) if name in SCENARIOS else len(SCENARIOS)
+
+    return sorted(rows, key=rank)
+
+
 COLUMNS = (
     ("scenario", "scenario"),
     ("submitted", "submitted"),
@@ -20,6 +42,7 @@ COLUMNS = (
 
 
 def table(rows: list[dict[str, Any]]) -> str:
+    rows = ordered(rows)
     cells = [[str(row.get(key, "")) for key, _ in COLUMNS] for row in rows]
     heads = [title for _, title in COLUMNS]
     widths = [max(len(c) for c in column) for column in zip(heads, *cells, strict=False)]
@@ -37,7 +60,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def notes(rows: list[dict[str, Any]]) -> str:
     out = []
-    for row in rows:
+    for row in ordered(rows):
         if row.get("notes"):
             details = ", ".join(f"{k}={v}" for k, v in row["notes"].items())
             out.append(f"- {row['scenario']}: {details}")
