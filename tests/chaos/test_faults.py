@@ -109,7 +109,8 @@ async def test_poison_task(
     cluster_factory: Callable[..., Cluster], photos: list[bytes], figures: Figures
 ) -> None:
     """Poison task: an image that SIGKILLs its worker on every attempt ends FAILED after
-    RESIZER_MAX_ATTEMPTS; the other tasks keep flowing meanwhile.
+    RESIZER_MAX_ATTEMPTS; the other tasks keep flowing meanwhile. A second task with the same
+    bytes joins the first (the service resizes a content once) and fails with it.
 
     ``resizer work --processes 2`` supervises two workers and restarts each one it loses.
     """
@@ -121,6 +122,7 @@ async def test_poison_task(
     async with open_session(8) as session:
         api = Api(session, url)
         poison = await api.submit(uniquify(photos[0], "POISON"))
+        twin = await api.submit(uniquify(photos[0], "POISON"))  # the same bytes: joins it
         healthy: list[str] = []
         # Healthy tasks all along, until the poison is out of the way.
         for n in range(400):
@@ -130,7 +132,7 @@ async def test_poison_task(
                 if client.hget(task_key(poison), "status") == b"FAILED":
                     break
                 await asyncio.sleep(0.25)
-    ids = [poison, *healthy]
+    ids = [poison, twin, *healthy]
     await wait_finished(client, ids, timeout=60)
     result = await audit(client, ids, url)
     failed = result.tasks[poison]
@@ -142,7 +144,7 @@ async def test_poison_task(
     )
 
     figures.submitted, figures.faults = len(ids), int(failed["attempts"])
-    figures.take(result, failed_expected=1)
+    figures.take(result, failed_expected=2)
     figures.notes.update(
         poison_error=failed.get("error", ""), healthy_done_while_poison_in_flight=flowed
     )
@@ -150,7 +152,10 @@ async def test_poison_task(
     assert failed["status"] == "FAILED"
     assert int(failed["attempts"]) == FAST.max_attempts
     assert f"gave up after {FAST.max_attempts} attempts" in failed["error"]
-    assert result.status == {"DONE": len(healthy), "FAILED": 1}
+    assert result.status == {"DONE": len(healthy), "FAILED": 2}
+    assert result.tasks[twin]["status"] == "FAILED"  # it shared the poison's fate...
+    assert result.tasks[twin]["error"] == failed["error"]
+    assert result.tasks[twin]["attempts"] == "0"  # ...without ever being claimed
     assert flowed >= 10, "healthy tasks did not flow while the poison was being retried"
     status, view = http_get(url, f"/tasks/{poison}")
     assert status == 200

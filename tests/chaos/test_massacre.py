@@ -37,7 +37,8 @@ async def test_worker_massacre(
     """Worker massacre: 1,000 photos, 3 workers, one SIGKILLed and replaced every 0.5 s for 20 s.
 
     The tasks are submitted through the API first; with that backlog, a worker always has a
-    task in hand, so kills land at every step of a task's life. Workers are forked from a
+    task in hand, so kills land at every step of a task's life. One in ten repeats the bytes of
+    the task before it, so it joins that task and must finish with it. Workers are forked from a
     warmed-up parent (tests/chaos/zygote.py), so a replacement is up in milliseconds, not the
     1-3 s Python takes to import on a busy 2-core machine. Recovery runs as configured: each
     worker every half lease, plus a ``resizer recover`` loop as ``resizer up`` runs it.
@@ -55,7 +56,10 @@ async def test_worker_massacre(
             api = Api(session, url)
 
             async def one(n: int) -> None:
-                task_id = await api.submit(uniquify(photos[n % len(photos)], f"massacre-{n}"))
+                # Every 10th task resubmits the bytes of the one before: it joins that task
+                # (the service resizes each content once) and must finish with it.
+                k = n - 1 if n % 10 == 9 else n
+                task_id = await api.submit(uniquify(photos[k % len(photos)], f"massacre-{k}"))
                 ids.append(task_id)
                 watcher.watch(task_id)
 
@@ -89,10 +93,12 @@ async def test_worker_massacre(
     figures.take(result)
     figures.stop_clock()
     attempts_total = sum(n * c for n, c in result.attempts.items())
+    duplicates = TASKS // 10
     figures.notes.update(
         sigkills=kills,
         done_during_massacre=done_during,
         tasks_rerun=sum(c for n, c in result.attempts.items() if n > 1),
+        joined_duplicates=result.attempts[0],
         attempts=attempts_total,
         claims_logged=claims_logged,
         client_checks=watcher.checks,
@@ -103,7 +109,8 @@ async def test_worker_massacre(
     assert result.status == {"DONE": TASKS}, result.status
     assert violations == []
     # Attempts add up: each claim is one attempt; a SIGKILL costs at most the one task in hand.
-    assert attempts_total <= TASKS + kills
+    assert attempts_total <= TASKS - duplicates + kills
+    assert result.attempts[0] == duplicates  # a task that joined another is never claimed
     assert claims_logged <= attempts_total <= claims_logged + kills
     assert api.answers == {201: TASKS}
 
