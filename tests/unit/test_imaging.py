@@ -537,3 +537,23 @@ def test_wrong_extension_does_not_matter_content_decides() -> None:
     data = encode(photo(128), "PNG")
     assert imaging.inspect(data, MAX_PIXELS).format == "png"
     assert imaging.make_thumbnails(data)[0].format == "png"
+
+
+def test_deeply_nested_xmp_is_never_parsed() -> None:
+    # 9000 levels of XML in an XMP packet: a recursive parser would blow its stack. The pipeline
+    # reads only the orientation from EXIF, never XMP.
+    nested = b"<a>" * 9000 + b"</a>" * 9000
+    xmp = b"http://ns.adobe.com/xap/1.0/\x00" + nested
+    app1 = b"\xff\xe1" + (len(xmp) + 2).to_bytes(2, "big") + xmp
+    good = encode(upright_quadrants(200), "JPEG")
+    img = thumbs(good[:2] + app1 + good[2:])[64]
+    assert close(pixel(img, (16, 16)), UPRIGHT_QUADRANTS[0], 12)
+
+
+def test_many_pages_cost_nothing_but_the_first() -> None:
+    pages = [Image.new("RGB", (16, 16), (200, 30, 30))] + [Image.new("RGB", (16, 16))] * 600
+    data = encode(pages[0], "TIFF", save_all=True, append_images=pages[1:])
+    started = time.perf_counter()
+    img = thumbs(data)[64]
+    assert time.perf_counter() - started < 1
+    assert close(pixel(img, (32, 32)), (200, 30, 30), 2)
