@@ -458,3 +458,26 @@ async def test_raw_image_before_done_is_still_a_json_409(client: Client) -> None
     task_id = await post_image(client, make_image("PNG", unique=True))
     response = await client.get(f"/tasks/{task_id}/image?size=64", headers={"Accept": "image/*"})
     await assert_error(response, 409, "not_ready")
+
+
+# --- large bodies are decoded off the event loop, with the same answers --------------------------
+
+
+async def test_a_large_body_is_decoded_in_a_child_process_with_the_same_answers(
+    client: Client,
+) -> None:
+    data = make_noise_image("PNG", size=700)  # ~1.5 MB: over the 1 MiB offload threshold
+    assert len(b64(data)) > 1024 * 1024
+    task_id = await post_image(client, data)
+    original = await (await client.get(f"/tasks/{task_id}/image?size=original&raw=1")).read()
+    assert original == data
+
+    not_base64 = json.dumps({"data": "*" * (1100 * 1024)})
+    response = await client.post("/tasks", data=not_base64)
+    assert "base64" in await assert_error(response, 422, "invalid_image")
+    not_json = b"{" + b" " * (1100 * 1024)
+    response = await client.post("/tasks", data=not_json)
+    assert "JSON" in await assert_error(response, 400, "bad_request")
+    wide = make_noise_image("PNG", size=700)[:16] + bytes(1100 * 1024)  # a broken PNG
+    response = await client.post("/tasks", json={"data": b64(wide)})
+    await assert_error(response, 422, "invalid_image")
