@@ -557,3 +557,11 @@ def test_many_pages_cost_nothing_but_the_first() -> None:
     img = thumbs(data)[64]
     assert time.perf_counter() - started < 1
     assert close(pixel(img, (32, 32)), (200, 30, 30), 2)
+
+
+def test_icc_conversion_keeps_alpha() -> None:
+    permuted = matrix_profile((SRGB_D50[2], SRGB_D50[0], SRGB_D50[1]), "permuted")
+    data = encode(_solid("RGBA", (200, 120, 40, 128)), "PNG", icc_profile=permuted)
+    for img in thumbs(data).values():
+        assert img.mode == "RGBA"
+        assert close(pixel(img, (img.width // 2,) * 2), (120, 40, 200, 128), 3)
