@@ -198,6 +198,18 @@ def matrix_profile(
     return _profile(b"mntr", b"RGB ", b"XYZ ", tags)
 
 
+def gray_profile(gamma: float, description: str = "test gray") -> bytes:
+    """A grayscale display profile with a pure power-law curve (1.0: linear light)."""
+    curve = b"curv" + b"\0" * 4 + struct.pack(">IH", 1, round(gamma * 256))
+    tags = {
+        b"desc": _desc(description),
+        b"cprt": _text("no copyright, test data"),
+        b"wtpt": _xyz(_D50),
+        b"kTRC": curve,
+    }
+    return _profile(b"mntr", b"GRAY", b"XYZ ", tags)
+
+
 def cmyk_profile(inks: dict[str, tuple[int, int, int]], description: str = "test CMYK") -> bytes:
     """A CMYK output profile whose solid inks look like the given sRGB colours.
 

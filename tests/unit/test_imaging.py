@@ -17,6 +17,7 @@ from resizer.quality import (
     DISPLAY_P3_D50,
     SRGB_D50,
     cmyk_profile,
+    gray_profile,
     matrix_profile,
     planes_of,
     psnr,
@@ -565,3 +566,11 @@ def test_icc_conversion_keeps_alpha() -> None:
     for img in thumbs(data).values():
         assert img.mode == "RGBA"
         assert close(pixel(img, (img.width // 2,) * 2), (120, 40, 200, 128), 3)
+
+
+def test_gray_icc_profile_is_converted_and_stays_gray() -> None:
+    # A linear-light gray profile: stored 128 is half the light, which sRGB encodes as ~188.
+    data = encode(_solid("L", (128,)), "PNG", icc_profile=gray_profile(1.0))
+    for img in thumbs(data).values():
+        assert img.mode == "L"
+        assert close(pixel(img, (img.width // 2,) * 2), (188,), 3)
