@@ -17,7 +17,7 @@ import struct
 from collections.abc import Sequence
 
 import attrs
-from PIL import Image, ImageCms, ImageOps
+from PIL import Image, ImageCms, ImageMath, ImageOps
 
 # sRGB primaries as XYZ adapted to D50 (the ICC connection space), columns R, G, B.
 SRGB_D50: tuple[tuple[float, float, float], ...] = (
@@ -129,8 +129,6 @@ def _clip(v: float) -> float:
 
 
 def _multiply(a: Image.Image, alpha: Image.Image) -> Image.Image:
-    from PIL import ImageMath
-
     result = ImageMath.lambda_eval(lambda args: args["a"] * args["b"] / 255.0, a=a, b=alpha)
     assert isinstance(result, Image.Image)
     return result
