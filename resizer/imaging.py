@@ -346,6 +346,9 @@ def _transform_for(icc: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
             in_mode,
             out_mode,
             renderingIntent=ImageCms.Intent.PERCEPTUAL,
+            # Transforms are cached and shared; without littlecms's one-pixel cache, applying one
+            # is re-entrant, so threads may share it (and it measured no slower).
+            flags=ImageCms.Flags.NOCACHE,
         )
     except Exception:
         return None
