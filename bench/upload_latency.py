@@ -42,7 +42,9 @@ async def latencies(session: aiohttp.ClientSession, url: str, seconds: float) ->
     return found
 
 
-async def uploader(session: aiohttp.ClientSession, url: str, body: bytes, stop: asyncio.Event) -> int:
+async def uploader(
+    session: aiohttp.ClientSession, url: str, body: bytes, stop: asyncio.Event
+) -> int:
     sent = 0
     while not stop.is_set():
         async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as r:
@@ -71,7 +73,9 @@ async def main(base: str) -> None:
         await latencies(session, status_url, 1)  # warm up
         alone = await latencies(session, status_url, 5)
         stop = asyncio.Event()
-        uploads = [asyncio.create_task(uploader(session, f"{base}/tasks", body, stop)) for _ in range(2)]
+        uploads = [
+            asyncio.create_task(uploader(session, f"{base}/tasks", body, stop)) for _ in range(2)
+        ]
         await asyncio.sleep(0.5)
         loaded = await latencies(session, status_url, 8)
         stop.set()
