@@ -105,7 +105,7 @@ class Worker:
         except Exception as exc:
             reason = f"{exc.__class__.__name__}: {exc}"
             outcome = await self.store.retry(claim, reason)
-            log.warning(f"task.{'lease_lost' if outcome == 'stale' else outcome}", error=reason)
+            log.warning("lease.lost" if outcome == "stale" else f"task.{outcome}", error=reason)
             return
         images = {t.size: base64.b64encode(t.data) for t in thumbnails}
         faults.hit("before_complete")
