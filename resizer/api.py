@@ -82,6 +82,28 @@ _HTTP_CODES = {
 }
 
 
+def _as_resizer_error(exc: Exception) -> ResizerError | None:
+    """Our own errors as they are; Redis' state as the error clients see; anything else None."""
+    if isinstance(exc, ResizerError):
+        return exc
+    if isinstance(exc, REDIS_DOWN):
+        return unavailable(exc)
+    if isinstance(exc, REDIS_FULL):
+        return StorageFull("the task store is full; nothing was stored, retry later")
+    return None
+
+
+def _http_error_response(request: web.Request, exc: web.HTTPException) -> web.Response:
+    """aiohttp's own 404/405/413 in our JSON shape instead of its text pages."""
+    message = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else ""
+    if exc.status == 413:
+        limit = request.app[SETTINGS].max_body_bytes
+        message = f"the request body is over the limit of {limit} bytes"
+    return error_response(
+        exc.status, _HTTP_CODES.get(exc.status, "http_error"), message or exc.reason
+    )
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The one place where errors become HTTP responses, and where each request is logged."""
@@ -90,29 +112,16 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     with structlog.contextvars.bound_contextvars(request_id=request_id):
         try:
             response = await handler(request)
-        except ResizerError as exc:
-            response = error_response(exc.status, exc.code, exc.message)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            message = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else ""
-            if exc.status == 413:
-                limit = request.app[SETTINGS].max_body_bytes
-                message = f"the request body is over the limit of {limit} bytes"
-            response = error_response(
-                exc.status,
-                _HTTP_CODES.get(exc.status, "http_error"),
-                message or exc.reason,
-            )
-        except REDIS_DOWN as exc:
-            err = unavailable(exc)
-            response = error_response(err.status, err.code, err.message)
-        except REDIS_FULL:
-            full = StorageFull("the task store is full; nothing was stored, retry later")
-            response = error_response(full.status, full.code, full.message)
-        except Exception:
-            log.exception("request.crashed", method=request.method, path=request.path)
-            response = error_response(500, "internal", "internal error; it has been logged")
+            response = _http_error_response(request, exc)
+        except Exception as exc:
+            error = _as_resizer_error(exc)
+            if error is None:
+                log.exception("request.crashed", method=request.method, path=request.path)
+                error = ResizerError("internal error; it has been logged")
+            response = error_response(error.status, error.code, error.message)
         response.headers["X-Request-Id"] = request_id
         resource = request.match_info.route.resource
         # The route template, never the raw path: metric labels must stay few.

@@ -24,6 +24,7 @@ from resizer.errors import ResizerError
 from resizer.models import ImageSize, TaskStatus, TaskView, converter
 
 T = TypeVar("T")
+DEFAULTS = Settings()  # the one source of the defaults the flags show
 
 app = typer.Typer(
     name="resizer",
@@ -55,19 +56,19 @@ def root(
     ] = None,
     lease_seconds: Annotated[
         int, typer.Option(envvar="RESIZER_LEASE_SECONDS", min=1, help="Worker lease length.")
-    ] = 30,
+    ] = DEFAULTS.lease_seconds,
     max_attempts: Annotated[
         int, typer.Option(envvar="RESIZER_MAX_ATTEMPTS", min=1, help="Claims before FAILED.")
-    ] = 3,
+    ] = DEFAULTS.max_attempts,
     ttl_seconds: Annotated[
         int, typer.Option(envvar="RESIZER_TTL_SECONDS", min=1, help="Retention of a task.")
-    ] = 86400,
+    ] = DEFAULTS.ttl_seconds,
     max_body_bytes: Annotated[
         int, typer.Option(envvar="RESIZER_MAX_BODY_BYTES", min=1, help="Largest request body.")
-    ] = 32 * 1024 * 1024,
+    ] = DEFAULTS.max_body_bytes,
     max_pixels: Annotated[
         int, typer.Option(envvar="RESIZER_MAX_PIXELS", min=1, help="Largest image accepted.")
-    ] = 50_000_000,
+    ] = DEFAULTS.max_pixels,
     log_level: Annotated[str, typer.Option(envvar="RESIZER_LOG_LEVEL")] = "INFO",
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show version.")
@@ -211,7 +212,7 @@ def up(
 
 @app.command()
 def healthcheck(
-    url: Annotated[str, typer.Option(envvar="RESIZER_URL")] = "http://127.0.0.1:8080",
+    url: Annotated[str, typer.Option(envvar="RESIZER_URL")] = DEFAULT_URL,
 ) -> None:
     """Exit 0 when the server's /health answers 200 (for container HEALTHCHECKs).
 

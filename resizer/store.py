@@ -631,14 +631,6 @@ class Store:
             in_flight=int(leased),
         )
 
-    async def queue_lengths(self) -> tuple[int, int]:
-        """(waiting, in flight)."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.llen(WAITING)
-            pipe.zcard(LEASES)
-            waiting, leased = await pipe.execute()
-        return int(waiting), int(leased)
-
     async def ping(self) -> None:
         await self.redis.ping()
 
