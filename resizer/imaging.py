@@ -8,6 +8,8 @@ How a thumbnail is made, and why in this order (figures in BENCHMARKS.md):
 1. JPEG shrinks on load (``draft``): libjpeg-turbo's scaled IDCT decodes at 1/2..1/8 of the size
    for a fraction of the cost. The scale is the smallest that keeps at least ``_DRAFT_FACTOR``
    times the largest target (1/8 for a 3000 px photo), which stays well above the quality bar.
+   PNG has no shrink-on-load; the common PNGs (8-bit, not interlaced) are decoded 2-2.5x faster
+   than Pillow does by ``pngdecode``, the rest by Pillow.
 2. The pixels are brought to one of RGB, RGBA, L, LA (8 bits) at whatever size the decoder gave;
    palettes become RGB(A) so they are filtered, not nearest-neighboured; 16-bit is scaled.
 3. ``reduce()`` by the largest integer factor that leaves ``_REDUCING_GAP`` times the largest
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import io
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from PIL import (
     AvifImagePlugin,
@@ -39,6 +41,7 @@ from PIL import (
     WebPImagePlugin,
 )
 
+from resizer import pngdecode
 from resizer.errors import ImageDecodeError, InvalidImage
 from resizer.models import SIZES, ImageInfo, Thumbnail
 
@@ -199,12 +202,17 @@ def _thumbnail_images(data: bytes, sizes: list[int]) -> tuple[str, list[Image.Im
             drafted = img.draft(img.mode, (wanted, wanted))
             if drafted is not None:
                 extent = drafted[1][2]
-        # Reading the orientation after load() matters for PNG, where EXIF may follow the pixels
-        # (and getexif() would otherwise decode the image a second time).
-        img.load()
-        orientation = _orientation(img)
+        # Most PNGs decode ~2.5x faster with our own decoder (pngdecode.py); the rest with Pillow.
+        fast = pngdecode.decode(data) if img.format == "PNG" else None
+        if fast is not None:
+            decoded, orientation = fast.image, _orientation(functools.partial(_exif, fast.exif))
+        else:
+            # Reading the orientation after load() matters for PNG, where EXIF may follow the
+            # pixels (and getexif() would otherwise decode the image a second time).
+            img.load()
+            decoded, orientation = img, _orientation(img.getexif)
         icc = img.info.get("icc_profile")
-        work = _working_mode(img)
+        work = _working_mode(decoded)
     profile = icc if isinstance(icc, bytes) else None
     # Colour profiles are not linear in the encoded values, so converting after averaging is not
     # the same as averaging after converting. For RGB profiles the difference is tiny and the
@@ -239,14 +247,21 @@ def _describe(exc: BaseException) -> str:
     return text[:200]
 
 
-def _orientation(img: Image.Image) -> int:
+def _orientation(read_exif: Callable[[], Image.Exif]) -> int:
     try:
-        value = img.getexif().get(_ORIENTATION_TAG, 1)
+        value = read_exif().get(_ORIENTATION_TAG, 1)
     except Exception:
         # Broken EXIF is common (editors, truncation) and says nothing about the pixels, which
         # decoded fine: show them as stored, as browsers do.
         return 1
     return value if isinstance(value, int) else 1
+
+
+def _exif(raw: bytes | None) -> Image.Exif:
+    exif = Image.Exif()
+    if raw:
+        exif.load(raw)
+    return exif
 
 
 def _working_mode(img: Image.Image) -> Image.Image:
