@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import math
 import os
 import subprocess
 import sys
@@ -24,7 +25,7 @@ import attrs
 from PIL import Image
 
 from bench.timing import one_core
-from resizer import imaging, pngdecode
+from resizer import imaging, memory, pngdecode
 from resizer.models import SIZES
 from resizer.quality import planes_of, psnr, reference
 
@@ -146,11 +147,20 @@ class VipsProcess:
             self.proc = None
 
 
+# Each method gets at least this much time per round (and at least MIN_RUNS runs): a 5 ms task
+# then runs 16 times a round, where a fixed count left its best-of exposed to noise.
+ROUND_MS = 80.0
+MIN_RUNS = 4
+
+
 def measure(
-    paths: list[Path], rounds: int = 6, runs: int = 4
+    paths: list[Path], rounds: int = 6, runs: int = MIN_RUNS
 ) -> tuple[list[KernelRow], str | None]:
     """Every method on every file, interleaved in rounds (ours, naive, floor, pyvips, then
-    again), best run kept: load from other processes then hits all methods alike."""
+    again), best run kept: load from other processes then hits all methods alike. ``runs`` is
+    the least number of runs per method and round; fast methods run more (``ROUND_MS``)."""
+    # As in a worker process (resizer/memory.py); the pyvips process does the same.
+    memory.keep_freed_memory()
     vips = VipsProcess()
     rows = []
     try:
@@ -181,14 +191,18 @@ def _row(path: Path, vips: VipsProcess, rounds: int, runs: int) -> KernelRow:
         "naive": functools.partial(naive, data),
         "floor": functools.partial(floor, data),
     }
-    for fn in methods.values():
-        fn()  # warm-up
+    counts = {}
+    for name, fn in methods.items():
+        started = time.perf_counter()
+        fn()  # warm-up, and how long one run takes
+        took_ms = (time.perf_counter() - started) * 1000
+        counts[name] = max(runs, math.ceil(ROUND_MS / max(took_ms, 0.1)))
     best = dict.fromkeys(methods, float("inf"))
     vips_ms: float | None = None
     for _ in range(rounds):
         for name, fn in methods.items():
-            best[name] = min(best[name], _best(fn, runs))
-        got = vips.best_ms(path, runs)
+            best[name] = min(best[name], _best(fn, counts[name]))
+        got = vips.best_ms(path, counts["ours"])
         if got is not None:
             vips_ms = got if vips_ms is None else min(vips_ms, got)
     return KernelRow(
@@ -211,8 +225,8 @@ def _f(value: float | None, spec: str) -> str:
 
 def report(rows: list[KernelRow], vips_note: str | None) -> list[str]:
     lines = [
-        "1. kernel: one core, ms per task (decode + 64 + 32 + encode), best of 24 runs"
-        " interleaved with the other methods",
+        "1. kernel: one core, ms per task (decode + 64 + 32 + encode), best of 6 rounds of"
+        f" >= {MIN_RUNS} runs (>= {ROUND_MS:.0f} ms) interleaved with the other methods",
         f"{'file':24} {'MB':>5} {'ours':>7} {'naive':>7} {'xnaive':>6} {'floor':>7}"
         f" {'/floor':>6} {'vips':>7} {'xvips':>6} {'dB px':>6} {'dB file':>7}",
     ]

@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager, suppress
 
 import structlog
 
-from resizer import faults, imaging
+from resizer import faults, imaging, memory
 from resizer.config import Settings
 from resizer.errors import ImageDecodeError
 from resizer.models import Claim, RecoveryReport, Thumbnail
@@ -173,6 +173,8 @@ async def recover_once(store: Store) -> RecoveryReport:
 
 async def serve_worker(settings: Settings) -> None:
     """Entry point of ``resizer work``: run until SIGTERM/SIGINT, finishing the task in hand."""
+    if memory.keep_freed_memory():
+        log.info("allocator.tuned", keep_below=memory.KEEP_BELOW, trim_above=memory.TRIM_ABOVE)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,0 +1,31 @@
+"""How a worker process asks the C allocator to treat the large buffers of image work.
+
+Decoding a large image allocates tens of MB (a 2048x2048 PNG: its inflated rows, the pixels,
+Pillow's image) and frees them at the end of the task. glibc serves allocations over its
+dynamic mmap threshold (128 KiB at first) with fresh mmap()s and gives them back on free, so the
+next task faults every page in again: ~100,000 page faults, 10-17 ms of a 90 ms PNG task on the
+benchmark machine. Serving buffers up to ``KEEP_BELOW`` from the heap, and keeping up to
+``TRIM_ABOVE`` of freed heap before returning it, lets the next task reuse warm pages. The cost
+is that a worker's resident memory stays at its high-water mark (measured: 85 MB instead of
+falling back to 54 MB after a 2048 PNG); its peak does not change.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import platform
+
+KEEP_BELOW = 64 * 2**20
+TRIM_ABOVE = 128 * 2**20
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+def keep_freed_memory() -> bool:
+    """Tune glibc's malloc for this process (threads included); False where it is not glibc."""
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(None)
+    kept = libc.mallopt(_M_MMAP_THRESHOLD, KEEP_BELOW)
+    trimmed = libc.mallopt(_M_TRIM_THRESHOLD, TRIM_ABOVE)
+    return bool(kept) and bool(trimmed)
