@@ -407,6 +407,14 @@ def _photo_cutout(size: int) -> Image.Image:
     return Image.composite(photo(size, seed=7).convert("RGBA"), cut, cut.getchannel("A"))
 
 
+def _press_separation(img: Image.Image) -> Image.Image:
+    """CMYK as a prepress tool separates it: grey balance replaced by black ink (full GCR), so
+    black and the colour inks change together at every edge."""
+    c, m, y, _ = img.convert("CMYK").split()
+    k = ImageChops.darker(c, ImageChops.darker(m, y))
+    return Image.merge("CMYK", [*(ImageChops.subtract(ink, k) for ink in (c, m, y)), k])
+
+
 def _cases() -> dict[str, bytes]:
     p3 = matrix_profile(DISPLAY_P3_D50, "P3")
     phone = photo(2400, grain=8.0, seed=1)
@@ -425,6 +433,14 @@ def _cases() -> dict[str, bytes]:
             photo(900, seed=5).convert("CMYK"),
             "JPEG",
             quality=95,
+            icc_profile=cmyk_profile(PRESS_INKS),
+        ),
+        # Drafted to 375 px then reduced: averaging ink levels before converting costs 6 dB
+        # here (40.4 dB, even when each ink is first straightened by its own curve).
+        "gcr-scan-1500.jpg": encode(
+            _press_separation(photo(1500, grain=8.0, seed=11)),
+            "JPEG",
+            quality=92,
             icc_profile=cmyk_profile(PRESS_INKS),
         ),
         "photo-700.png": encode(photo(700, grain=3.0, seed=6), "PNG"),
