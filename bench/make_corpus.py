@@ -109,7 +109,14 @@ def phone_1024() -> bytes:
 
 
 def scan_cmyk_1500() -> bytes:
-    img = square(sample("astronaut"), 1500).convert("CMYK")
+    # Separated as prepress software does it: black ink replaces the grey balance of the colour
+    # inks (full GCR), so black and colour change together at every edge. (Pillow's own
+    # RGB->CMYK leaves black empty, which makes averaging inks before converting look harmless.)
+    rgb = np.asarray(grain(square(sample("astronaut"), 1500), 1.5, 0.5, seed=6), dtype=np.int16)
+    cmy = 255 - rgb
+    black = cmy.min(axis=2, keepdims=True)
+    cmyk = np.concatenate([cmy - black, black], axis=2).astype(np.uint8)
+    img = Image.fromarray(cmyk, "CMYK")
     return jpeg(img, 92, icc_profile=cmyk_profile(PRESS_INKS, "press (test)"))
 
 
@@ -156,7 +163,7 @@ FILES: dict[str, Callable[[], bytes]] = {
     "phone-p3-rot6-3000.jpg": phone_p3_rotated_3000,
     "phone-4000.jpg": phone_4000,
     "phone-1024.jpg": phone_1024,
-    "scan-cmyk-1500.jpg": scan_cmyk_1500,
+    "scan-gcr-cmyk-1500.jpg": scan_cmyk_1500,
     "photo-512.png": photo_512_png,
     "photo-2048.png": photo_2048_png,
     "logo-rgba-1024.png": logo_1024_rgba_png,
