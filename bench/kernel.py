@@ -42,6 +42,7 @@ class KernelRow:
     vips_ms: float | None
     psnr_pixels: float  # worst of the sizes, before encoding
     psnr_files: float  # worst of the sizes, as delivered
+    plain_naive_ms: float | None = None  # naive in a process with glibc's default allocator
 
     @property
     def vs_naive(self) -> float:
@@ -99,31 +100,31 @@ def quality(data: bytes) -> tuple[float, float]:
     return worst_pixels, worst_files
 
 
-class VipsProcess:
-    """The pyvips side of the comparison, in its own process (see bench/vips_kernel.py)."""
+class HelperProcess:
+    """A method measured in a process of its own: a small server (bench/vips_kernel.py,
+    bench/plain_naive.py) answering "PATH RUNS" lines with the best ms over RUNS runs."""
 
-    def __init__(self) -> None:
-        self.note: str | None = None
+    def __init__(self, module: str, env: dict[str, str] | None = None) -> None:
+        self.hello: dict[str, Any] = {}
+        self.error: str | None = None
         self.proc: subprocess.Popen[str] | None = subprocess.Popen(
-            [sys.executable, "-m", "bench.vips_kernel"],
+            [sys.executable, "-m", module],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
-            env=dict(os.environ, VIPS_CONCURRENCY="1"),
+            env=dict(os.environ, **(env or {})),
         )
-        hello = self._read()
-        if "error" in hello or "ready" not in hello:
-            self.note = str(hello.get("error", hello))
+        self.hello = self._read()
+        if "error" in self.hello or "ready" not in self.hello:
+            self.error = str(self.hello.get("error", self.hello))
             self.close()
-        else:
-            self.note = f"libvips {hello['libvips']} (pyvips-binary), VIPS_CONCURRENCY=1"
 
     def _read(self) -> dict[str, Any]:
         assert self.proc is not None
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line:
-            return {"error": f"pyvips process exited ({self.proc.poll()})"}
+            return {"error": f"helper process exited ({self.proc.poll()})"}
         result: dict[str, Any] = json.loads(line)
         return result
 
@@ -134,7 +135,7 @@ class VipsProcess:
         self.proc.stdin.flush()
         answer = self._read()
         if "ms" not in answer:
-            self.note = str(answer.get("error", answer))
+            self.error = str(answer.get("error", answer))
             self.close()
             return None
         return float(answer["ms"])
@@ -147,6 +148,8 @@ class VipsProcess:
             self.proc = None
 
 
+# The files of the bars against naive Pillow (see checks()).
+NAIVE_BARS = ("smooth-3000.jpg", "phone-3000.jpg")
 # Each method gets at least this much time per round (and at least MIN_RUNS runs): a 5 ms task
 # then runs 16 times a round, where a fixed count left its best-of exposed to noise.
 ROUND_MS = 80.0
@@ -161,15 +164,23 @@ def measure(
     the least number of runs per method and round; fast methods run more (``ROUND_MS``)."""
     # As in a worker process (resizer/memory.py); the pyvips process does the same.
     memory.keep_freed_memory()
-    vips = VipsProcess()
+    vips = HelperProcess("bench.vips_kernel", {"VIPS_CONCURRENCY": "1"})
+    # Naive Pillow once more, as a plain Python process runs it (glibc's default allocator),
+    # for the naive bars only: shown beside them, the bars themselves use the same conditions.
+    plain = HelperProcess("bench.plain_naive")
     rows = []
     try:
         with one_core():
             for path in paths:
-                rows.append(_row(path, vips, rounds, runs))
+                rows.append(
+                    _row(path, vips, plain if path.name in NAIVE_BARS else None, rounds, runs)
+                )
     finally:
         vips.close()
-    return rows, vips.note
+        plain.close()
+    if vips.error is not None:
+        return rows, vips.error
+    return rows, f"libvips {vips.hello['libvips']} (pyvips-binary), VIPS_CONCURRENCY=1"
 
 
 def _best(fn: Callable[[], object], runs: int) -> float:
@@ -181,7 +192,9 @@ def _best(fn: Callable[[], object], runs: int) -> float:
     return best
 
 
-def _row(path: Path, vips: VipsProcess, rounds: int, runs: int) -> KernelRow:
+def _row(
+    path: Path, vips: HelperProcess, plain: HelperProcess | None, rounds: int, runs: int
+) -> KernelRow:
     data = path.read_bytes()
     with Image.open(io.BytesIO(data)) as img:
         fmt, side = (img.format or "?").lower(), img.width
@@ -199,12 +212,13 @@ def _row(path: Path, vips: VipsProcess, rounds: int, runs: int) -> KernelRow:
         counts[name] = max(runs, math.ceil(ROUND_MS / max(took_ms, 0.1)))
     best = dict.fromkeys(methods, float("inf"))
     vips_ms: float | None = None
+    plain_ms: float | None = None
     for _ in range(rounds):
         for name, fn in methods.items():
             best[name] = min(best[name], _best(fn, counts[name]))
-        got = vips.best_ms(path, counts["ours"])
-        if got is not None:
-            vips_ms = got if vips_ms is None else min(vips_ms, got)
+        vips_ms = _min(vips_ms, vips.best_ms(path, counts["ours"]))
+        if plain is not None:
+            plain_ms = _min(plain_ms, plain.best_ms(path, counts["naive"]))
     return KernelRow(
         name=path.name,
         format=fmt,
@@ -214,9 +228,14 @@ def _row(path: Path, vips: VipsProcess, rounds: int, runs: int) -> KernelRow:
         naive_ms=best["naive"],
         floor_ms=best["floor"],
         vips_ms=vips_ms,
+        plain_naive_ms=plain_ms,
         psnr_pixels=psnr_pixels,
         psnr_files=psnr_files,
     )
+
+
+def _min(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
 
 
 def _f(value: float | None, spec: str) -> str:
@@ -253,12 +272,21 @@ def checks(rows: list[KernelRow]) -> list[str]:
         out.append(f"{'PASS ' if ok else 'SHORT'} {label}: {detail}")
 
     by_name = {r.name: r for r in rows}
-    if "smooth-3000.jpg" in by_name:
-        r = by_name["smooth-3000.jpg"]
-        bar("smooth 3000 JPEG >= 10x naive", r.vs_naive >= 10, f"{r.vs_naive:.1f}x")
-    if "phone-3000.jpg" in by_name:
-        r = by_name["phone-3000.jpg"]
-        bar("grainy 3000 JPEG >= 4x naive", r.vs_naive >= 4, f"{r.vs_naive:.1f}x")
+    for name, label, times in (
+        ("smooth-3000.jpg", "smooth 3000 JPEG >= 10x naive", 10),
+        ("phone-3000.jpg", "grainy 3000 JPEG >= 4x naive", 4),
+    ):
+        if name in by_name:
+            r = by_name[name]
+            plain = (
+                ""
+                if r.plain_naive_ms is None
+                else (
+                    f" ({r.plain_naive_ms / r.ours_ms:.1f}x against naive in a process with glibc's"
+                    f" default allocator: {r.plain_naive_ms:.0f} ms)"
+                )
+            )
+            bar(label, r.vs_naive >= times, f"{r.vs_naive:.1f}x{plain}")
     jpegs = [r for r in rows if r.format in ("jpeg", "mpo")]
     if jpegs:
         worst = max(jpegs, key=lambda r: r.vs_floor)

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
-from collections.abc import Iterator
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -39,3 +44,24 @@ def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     rank = max(0, min(len(ordered) - 1, math.ceil(p / 100 * len(ordered)) - 1))
     return ordered[rank]
+
+
+def say(payload: dict[str, Any]) -> None:
+    """One JSON line to the parent process (the helper processes' protocol, bench/kernel.py)."""
+    sys.stdout.write(json.dumps(payload) + "\n")
+    sys.stdout.flush()
+
+
+def serve_best_ms(task_for: Callable[[Path], Callable[[], object]]) -> None:
+    """Answer each "PATH RUNS" line on stdin with {"ms": the best of RUNS runs} of the task
+    ``task_for(PATH)`` makes (after one warm-up run)."""
+    for line in sys.stdin:
+        name, runs = line.split()
+        task = task_for(Path(name))
+        task()
+        best = float("inf")
+        for _ in range(int(runs)):
+            started = time.perf_counter()
+            task()
+            best = min(best, (time.perf_counter() - started) * 1000)
+        say({"ms": best})

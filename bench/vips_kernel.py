@@ -11,22 +11,15 @@ best ms per task over RUNS runs. The first line out is {"ready": true} or {"erro
 
 from __future__ import annotations
 
-import json
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from bench.timing import pin_to_one_core
+from bench.timing import pin_to_one_core, say, serve_best_ms
 from resizer import memory
 
 # The same output choices as the pipeline: JPEG q97 4:4:4, lossless WebP, optimised PNG.
 _SAVE = {"jpeg": ".jpg[Q=97,subsample_mode=off]", "webp": ".webp[lossless]", "png": ".png"}
-
-
-def _say(payload: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(payload) + "\n")
-    sys.stdout.flush()
 
 
 def main() -> int:
@@ -36,30 +29,26 @@ def main() -> int:
     try:
         import pyvips
     except Exception as exc:  # ImportError, or OSError when libvips itself cannot be loaded
-        _say({"error": f"pyvips unavailable: {exc}"})
+        say({"error": f"pyvips unavailable: {exc}"})
         return 0
     from resizer.imaging import output_format
 
-    _say({"ready": True, "libvips": f"{pyvips.version(0)}.{pyvips.version(1)}"})
-    for line in sys.stdin:
-        name, runs = line.split()
-        data = Path(name).read_bytes()
+    say({"ready": True, "libvips": f"{pyvips.version(0)}.{pyvips.version(1)}"})
+
+    def task_for(path: Path) -> Callable[[], None]:
+        data = path.read_bytes()
         loader = str(pyvips.Image.new_from_buffer(data, "").get("vips-loader"))
         suffix = _SAVE[output_format(_loader_format(loader))]
 
-        def task(data: bytes = data, suffix: str = suffix) -> None:
+        def task() -> None:
             # Like the pipeline: one shrink-on-load thumbnail at 64, and the 32 from it.
             big = pyvips.Image.thumbnail_buffer(data, 64, height=64).copy_memory()
             big.write_to_buffer(suffix)
             big.thumbnail_image(32, height=32).write_to_buffer(suffix)
 
-        task()
-        best = float("inf")
-        for _ in range(int(runs)):
-            started = time.perf_counter()
-            task()
-            best = min(best, (time.perf_counter() - started) * 1000)
-        _say({"ms": best})
+        return task
+
+    serve_best_ms(task_for)
     return 0
 
 
