@@ -105,7 +105,6 @@ class HelperProcess:
     bench/plain_naive.py) answering "PATH RUNS" lines with the best ms over RUNS runs."""
 
     def __init__(self, module: str, env: dict[str, str] | None = None) -> None:
-        self.hello: dict[str, Any] = {}
         self.error: str | None = None
         self.proc: subprocess.Popen[str] | None = subprocess.Popen(
             [sys.executable, "-m", module],
@@ -114,7 +113,7 @@ class HelperProcess:
             text=True,
             env=dict(os.environ, **(env or {})),
         )
-        self.hello = self._read()
+        self.hello: dict[str, Any] = self._read()
         if "error" in self.hello or "ready" not in self.hello:
             self.error = str(self.hello.get("error", self.hello))
             self.close()
@@ -278,15 +277,13 @@ def checks(rows: list[KernelRow]) -> list[str]:
     ):
         if name in by_name:
             r = by_name[name]
-            plain = (
-                ""
-                if r.plain_naive_ms is None
-                else (
-                    f" ({r.plain_naive_ms / r.ours_ms:.1f}x against naive in a process with glibc's"
-                    f" default allocator: {r.plain_naive_ms:.0f} ms)"
+            detail = f"{r.vs_naive:.1f}x"
+            if r.plain_naive_ms is not None:
+                detail += (
+                    f" ({r.plain_naive_ms / r.ours_ms:.1f}x against naive in a process with"
+                    f" glibc's default allocator: {r.plain_naive_ms:.0f} ms)"
                 )
-            )
-            bar(label, r.vs_naive >= times, f"{r.vs_naive:.1f}x{plain}")
+            bar(label, r.vs_naive >= times, detail)
     jpegs = [r for r in rows if r.format in ("jpeg", "mpo")]
     if jpegs:
         worst = max(jpegs, key=lambda r: r.vs_floor)

@@ -202,7 +202,7 @@ def _thumbnail_images(data: bytes, sizes: list[int]) -> tuple[str, list[Image.Im
             drafted = img.draft(img.mode, (wanted, wanted))
             if drafted is not None:
                 extent = drafted[1][2]
-        # Most PNGs decode ~2.5x faster with our own decoder (pngdecode.py); the rest with Pillow.
+        # Most PNGs decode 2-2.5x faster with our own decoder (pngdecode.py); the rest with Pillow.
         fast = pngdecode.decode(data) if img.format == "PNG" else None
         if fast is not None:
             decoded, orientation = fast.image, _orientation(functools.partial(_exif, fast.exif))
