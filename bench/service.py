@@ -78,7 +78,7 @@ def resizer_up(workers: int, redis_url: str) -> Iterator[tuple[str, subprocess.P
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(url, proc)
+        _wait_answering(f"{url}/health", proc, "`resizer up`")
         yield url, proc
     finally:
         if proc.poll() is None:
@@ -90,21 +90,22 @@ def resizer_up(workers: int, redis_url: str) -> Iterator[tuple[str, subprocess.P
                 proc.wait()
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen[bytes]) -> None:
+def _wait_answering(url: str, proc: subprocess.Popen[bytes], what: str) -> None:
+    """Until ``url`` answers 200, or ``proc`` (``what``) exits or takes STARTUP_SECONDS."""
     import urllib.request
 
     deadline = time.monotonic() + STARTUP_SECONDS
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"`resizer up` exited with {proc.returncode}")
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
         try:
-            with urllib.request.urlopen(f"{url}/health", timeout=1) as response:  # noqa: S310
+            with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310
                 if response.status == 200:
                     return
         except OSError:
             pass
         time.sleep(0.1)
-    raise RuntimeError(f"`resizer up` did not answer /health within {STARTUP_SECONDS}s")
+    raise RuntimeError(f"{what} did not answer {url} within {STARTUP_SECONDS}s")
 
 
 def _timestamp(value: str) -> float:
@@ -364,26 +365,11 @@ def _bare_app(redis_url: str) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_up(url, proc)
+        _wait_answering(url, proc, "the bare app")
         yield url
     finally:
         proc.terminate()
         proc.wait(10)
-
-
-def _wait_up(url: str, proc: subprocess.Popen[bytes]) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"bare app exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=1):  # noqa: S310
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("bare app did not start")
 
 
 # --- section 4a ---------------------------------------------------------------------------------
