@@ -155,8 +155,15 @@ def _convert_icc(img: Image.Image, icc: bytes) -> Image.Image:
     out_mode = "RGBA" if img.mode in ("RGBA", "LA") else "RGB"
     if img.mode == "LA":
         return img
+    # The profile's own pipeline in float (NOOPTIMIZE): littlecms's default 8-bit tables are an
+    # approximation (up to 16 levels off on a CMYK press profile), not a yardstick.
     converted = ImageCms.profileToProfile(
-        img, profile, srgb, renderingIntent=ImageCms.Intent.PERCEPTUAL, outputMode=out_mode
+        img,
+        profile,
+        srgb,
+        renderingIntent=ImageCms.Intent.PERCEPTUAL,
+        outputMode=out_mode,
+        flags=ImageCms.Flags.NOOPTIMIZE,
     )
     assert converted is not None
     if profile.profile.xcolor_space.strip() == "GRAY":

@@ -1,0 +1,82 @@
+"""The CMYK table (resizer/cmyk.py) against the profile's exact transform and against littlecms."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from PIL import Image, ImageCms
+
+from resizer import cmyk, imaging
+from resizer.quality import cmyk_profile, gray_profile
+from tests.unit.imaging_samples import PRESS_INKS, photo
+
+ICC = cmyk_profile(PRESS_INKS)
+INTENT = ImageCms.Intent.PERCEPTUAL
+
+
+def exact(pixels: npt.NDArray[np.uint8]) -> npt.NDArray[np.int64]:
+    """What the profile gives for these inks, rounded to 8 bits as an sRGB file stores it."""
+    rgb = np.clip(cmyk.evaluate(pixels, ICC, INTENT), 0.0, 1.0)
+    return np.round(rgb * 255).astype(np.int64)
+
+
+def test_every_node_of_the_table_comes_out_as_the_profile_gives_it() -> None:
+    # Fails if the table's axes, packing or strides disagree with the kernel's indexing.
+    nodes = cmyk.grid()
+    ours = cmyk.convert_pixels(nodes, ICC, INTENT).astype(np.int64)
+    # 13-bit linear light re-encoded to 8 bits can round the other way by one level.
+    assert np.abs(ours - exact(nodes)).max() <= 1
+
+
+def test_between_nodes_it_is_closer_to_the_profile_than_littlecms() -> None:
+    rng = np.random.default_rng(1)
+    inks = rng.integers(0, 256, (50_000, 4), dtype=np.uint8)
+    truth = exact(inks)
+    ours = np.abs(cmyk.convert_pixels(inks, ICC, INTENT).astype(np.int64) - truth)
+    strip = Image.frombytes("CMYK", (inks.shape[0], 1), inks.tobytes())
+    transform = imaging._transform_for(ICC, "CMYK")
+    assert transform is not None
+    converted = ImageCms.applyTransform(strip, transform)
+    assert converted is not None
+    theirs = np.abs(np.asarray(converted).reshape(-1, 3).astype(np.int64) - truth)
+    # Measured: ours 0.08 levels on average, 1 at the 99th percentile; littlecms 0.56 and 10.
+    assert ours.mean() < 0.2
+    assert np.percentile(ours, 99) <= 2
+    assert ours.mean() < theirs.mean() / 3
+
+
+def test_to_srgb_converts_an_image_as_the_pixels_are_converted() -> None:
+    img = photo(120, grain=6.0, seed=3).convert("CMYK")
+    converted = cmyk.to_srgb(img, ICC, INTENT)
+    assert converted is not None
+    assert (converted.mode, converted.size) == ("RGB", img.size)
+    expected = cmyk.convert_pixels(np.asarray(img), ICC, INTENT)
+    assert np.array_equal(np.asarray(converted), expected)
+
+
+def test_pure_inks_come_out_in_their_colours() -> None:
+    # Solid inks on white paper: the profile is built from these colours, so a swapped channel
+    # or an inverted ink shows at once.
+    solids = np.array(
+        [[255, 0, 0, 0], [0, 255, 0, 0], [0, 0, 255, 0], [0, 0, 0, 255], [0, 0, 0, 0]],
+        dtype=np.uint8,
+    )
+    ours = cmyk.convert_pixels(solids, ICC, INTENT).astype(np.int64)
+    wanted = [*PRESS_INKS.values(), (255, 255, 255)]
+    for got, colour in zip(ours, wanted, strict=True):
+        assert np.abs(got - np.array(colour)).max() <= 2, (got, colour)
+
+
+@pytest.mark.parametrize(
+    "profile", [b"", b"not an ICC profile", gray_profile(2.2)], ids=["empty", "junk", "gray"]
+)
+def test_a_profile_that_cannot_convert_cmyk_is_declined(profile: bytes) -> None:
+    img = Image.new("CMYK", (8, 8), (10, 20, 30, 40))
+    assert cmyk.to_srgb(img, profile, INTENT) is None
+
+
+def test_without_numba_it_declines(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cmyk, "_kernel", lambda: None)
+    img = Image.new("CMYK", (8, 8), (10, 20, 30, 40))
+    assert cmyk.to_srgb(img, ICC, INTENT) is None
