@@ -205,8 +205,9 @@ def _row(
     }
     counts = {}
     for name, fn in methods.items():
+        fn()  # warm-up: one-time costs (the CMYK kernel's compilation, caches) stay out
         started = time.perf_counter()
-        fn()  # warm-up, and how long one run takes
+        fn()  # how long one run takes
         took_ms = (time.perf_counter() - started) * 1000
         counts[name] = max(runs, math.ceil(ROUND_MS / max(took_ms, 0.1)))
     best = dict.fromkeys(methods, float("inf"))
