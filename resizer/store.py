@@ -27,9 +27,11 @@ key                                  type    what
                                              FAILED (wakes long-polling clients)
 ===================================  ======  ===================================================
 
-Retention: a task's hash expires ``RESIZER_TTL_SECONDS`` after its creation. A blob and its
-results live as long as the longest-lived task that uses them: every new task for the same bytes
-extends them to its own expiry (never shortens them). The three queue keys are shared and never
+Retention: a task's hash expires ``RESIZER_TTL_SECONDS`` after its creation, or later if tasks
+for the same bytes joined it while it waited: it lives as long as they do, because it is the one
+in the queue and finishes them. A blob and its results live as long as the longest-lived task
+that uses them: every new task for the same bytes extends them to its own expiry (never shortens
+them). The three queue keys are shared and never
 expire; an id whose task has expired is dropped when a worker or recovery meets it.
 
 Deduplication: ``create`` finds the blob by digest. If its results exist, the new task is DONE at
@@ -202,10 +204,14 @@ if result_format then
   count('done')
   return {now, 'done'}
 end
-local in_flight = redis.call('SCARD', KEYS[4]) > 0
+local in_flight = redis.call('SMEMBERS', KEYS[4])
 redis.call('SADD', KEYS[4], ARGV[1])
 keep(KEYS[4], ttl)
-if in_flight then
+if #in_flight > 0 then
+  -- Only the queued one of these will ever reach a worker, and it finishes the others: it must
+  -- not expire while they wait, or they would wait until their own expiry for nothing. The set
+  -- holds the unfinished tasks for these bytes, a few ids, so every one of them is kept.
+  for _, member in ipairs(in_flight) do keep(TASK_PREFIX .. member, ttl) end
   count('deduplicated')
   return {now, 'joined'}
 end

@@ -391,6 +391,22 @@ async def test_shared_content_lives_as_long_as_its_longest_lived_task(fake_store
     assert await fake_store.redis.pttl(result_key(first.digest)) > 900_000
 
 
+async def test_a_waiting_task_that_others_joined_lives_as_long_as_they_do(
+    fake_store: Store,
+) -> None:
+    # Only the queued task reaches a worker, and it finishes the ones that joined it: if it
+    # expired first (a backlog longer than the TTL), they would wait for nothing.
+    short = Store(fake_store.redis, attrs.evolve(fake_store.settings, ttl_seconds=100))
+    long = Store(fake_store.redis, attrs.evolve(fake_store.settings, ttl_seconds=1000))
+    queued = await short.create_task(upload(b"shared"))
+    assert await fake_store.redis.pttl(task_key(queued.id)) <= 100_000
+    joined = await long.create_task(upload(b"shared"))
+    assert joined.status is TaskStatus.WAITING
+    assert await fake_store.redis.pttl(task_key(queued.id)) > 900_000
+    await short.create_task(upload(b"shared"))  # a shorter-lived one never shortens it
+    assert await fake_store.redis.pttl(task_key(queued.id)) > 900_000
+
+
 async def test_the_scripts_count_what_happens_for_the_metrics(fake_store: Store) -> None:
     done = await fake_store.create_task(upload(b"a"))
     await fake_store.create_task(upload(b"a"))  # joins
