@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -80,3 +83,47 @@ def test_without_numba_it_declines(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cmyk, "_kernel", lambda: None)
     img = Image.new("CMYK", (8, 8), (10, 20, 30, 40))
     assert cmyk.to_srgb(img, ICC, INTENT) is None
+
+
+def test_a_large_image_converts_in_bands_exactly_as_in_one_go(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    img = photo(120, grain=6.0, seed=4).convert("CMYK")
+    whole = cmyk.to_srgb(img, ICC, INTENT)
+    monkeypatch.setattr(cmyk, "_BAND_PIXELS", 120 * 7)  # 7 rows a band, the last one 1 row
+    banded = cmyk.to_srgb(img, ICC, INTENT)
+    assert whole is not None
+    assert banded is not None
+    assert banded.mode == "RGB"
+    assert np.array_equal(np.asarray(banded), np.asarray(whole))
+
+
+BAND_MEMORY = """
+import sys
+from PIL import Image, ImageCms
+from resizer import cmyk
+from resizer.quality import cmyk_profile
+from tests.unit.imaging_samples import PRESS_INKS
+icc = cmyk_profile(PRESS_INKS)
+intent = ImageCms.Intent.PERCEPTUAL
+cmyk.to_srgb(Image.new("CMYK", (8, 8)), icc, intent)  # numba and the kernel loaded first
+img = Image.new("CMYK", (3000, 3000), (10, 80, 160, 40))
+def peak_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+before = peak_mb()
+out = cmyk.to_srgb(img, icc, intent)
+print(peak_mb() - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_large_image_takes_little_more_memory_than_its_result() -> None:
+    # A CMYK TIFF has no draft decode: at RESIZER_MAX_PIXELS the numpy copies of the whole image
+    # took 2.5x littlecms's memory. In bands, the growth is the result (36 MB here) and a band.
+    out = subprocess.run(
+        [sys.executable, "-c", BAND_MEMORY], check=True, capture_output=True, text=True
+    )
+    result_mb = 3000 * 3000 * 4 / 2**20
+    assert float(out.stdout) < result_mb * 1.5, out.stdout
