@@ -39,16 +39,17 @@ def child(kind: str, path: Path) -> dict[str, float]:
 
 
 def worker_memory(corpus: Path) -> list[str]:
-    largest = max(corpus.iterdir(), key=lambda p: _describe(p)[0])
+    files = {path: _describe(path) for path in sorted(corpus.iterdir())}
+    largest = max(files, key=lambda p: files[p][0])
     lines = []
     for kind in ("ours", "naive"):
         result = _measure(kind, largest)
         lines.append(
             f"  {'pipeline' if kind == 'ours' else 'naive Pillow'} on {largest.name}"
-            f" ({_describe(largest)[0] / 1e6:.0f} MP): peak RSS {result['peak_mb']:.0f} MB,"
+            f" ({files[largest][0] / 1e6:.0f} MP): peak RSS {result['peak_mb']:.0f} MB,"
             f" +{result['peak_mb'] - result['base_mb']:.0f} MB over the idle process"
         )
-    tagged_cmyk = [p for p in sorted(corpus.iterdir()) if _describe(p)[1]]
+    tagged_cmyk = [path for path, (_, tagged) in files.items() if tagged]
     if tagged_cmyk:
         result = _measure("ours", tagged_cmyk[0])
         lines.append(

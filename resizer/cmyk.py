@@ -74,10 +74,7 @@ def to_srgb(img: Image.Image, icc: bytes, intent: ImageCms.Intent) -> Image.Imag
 def _convert(
     img: Image.Image, kernel: Kernel, table: npt.NDArray[np.int64]
 ) -> npt.NDArray[np.uint8]:
-    pixels = np.asarray(img).view(np.uint32).reshape(-1)
-    out = np.empty((pixels.shape[0], 3), dtype=np.uint8)
-    kernel(pixels, table, _CELL, _OFFSET, _ENCODE, out)
-    return out.reshape(img.height, img.width, 3)
+    return _run(np.asarray(img), kernel, table)
 
 
 def convert_pixels(
@@ -88,9 +85,16 @@ def convert_pixels(
     table = _table(icc, intent)
     if kernel is None or table is None:
         raise RuntimeError("the CMYK kernel is not available")
-    flat = np.ascontiguousarray(pixels, dtype=np.uint8).view(np.uint32).reshape(-1)
-    out = np.empty((flat.shape[0], 3), dtype=np.uint8)
-    kernel(flat, table, _CELL, _OFFSET, _ENCODE, out)
+    return _run(np.ascontiguousarray(pixels, dtype=np.uint8), kernel, table)
+
+
+def _run(
+    pixels: npt.NDArray[np.uint8], kernel: Kernel, table: npt.NDArray[np.int64]
+) -> npt.NDArray[np.uint8]:
+    """C-contiguous CMYK (..., 4) -> RGB (..., 3): each pixel's inks read as one 32-bit word."""
+    words = pixels.view(np.uint32).reshape(-1)
+    out = np.empty((words.shape[0], 3), dtype=np.uint8)
+    kernel(words, table, _CELL, _OFFSET, _ENCODE, out)
     return out.reshape(*pixels.shape[:-1], 3)
 
 

@@ -17,6 +17,13 @@ from PIL import Image, PngImagePlugin
 from resizer import imaging, pngdecode
 from tests.unit.imaging_samples import encode, exif_with_orientation, photo, upright_quadrants
 
+FUZZ = settings(
+    # RESIZER_FUZZ_EXAMPLES=20000 for a long hunt, as in test_imaging_fuzz.py.
+    max_examples=int(os.environ.get("RESIZER_FUZZ_EXAMPLES", "200")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CHANNELS = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}
 COLOUR_TYPES = {"L": 0, "RGB": 2, "LA": 4, "RGBA": 6}
@@ -247,12 +254,7 @@ def _mutated_pngs() -> st.SearchStrategy[bytes]:
     return mutate()
 
 
-@settings(
-    # RESIZER_FUZZ_EXAMPLES=20000 for a long hunt, as in test_imaging_fuzz.py.
-    max_examples=int(os.environ.get("RESIZER_FUZZ_EXAMPLES", "200")),
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+@FUZZ
 @given(_mutated_pngs())
 def test_damaged_files_decode_as_pillow_does_or_are_left_to_it(data: bytes) -> None:
     decoded = pngdecode.decode(data)  # must not raise, whatever the bytes
@@ -288,11 +290,7 @@ def _rewritten_rows(draw: st.DrawFn) -> bytes:
     return assemble([(b"IHDR", header), *idats, (b"IEND", b"")])
 
 
-@settings(
-    max_examples=int(os.environ.get("RESIZER_FUZZ_EXAMPLES", "200")),
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+@FUZZ
 @given(_rewritten_rows())
 def test_any_rows_decode_exactly_as_pillow_decodes_them(data: bytes) -> None:
     decoded = pngdecode.decode(data)
