@@ -233,6 +233,15 @@ def statuses(client: redis.Redis, ids: list[str]) -> list[str | None]:
     return [None if s is None else s.decode() for s in pipe.execute()]
 
 
+def task_hashes(client: redis.Redis) -> set[str]:
+    """The ids of every task record in Redis (hashes named ``{resizer}:task:<id>``)."""
+    found = set()
+    for key in client.scan_iter(match=task_key("*"), count=1000):
+        if client.type(key) == b"hash":
+            found.add(key.decode().rpartition(":")[2])
+    return found
+
+
 async def wait_finished(
     client: redis.Redis, ids: Iterable[str], timeout: float, tick: Callable[[], None] | None = None
 ) -> None:

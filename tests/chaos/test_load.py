@@ -11,7 +11,6 @@ import attrs
 import redis
 
 from resizer.config import Settings
-from resizer.store import task_key
 from tests.chaos.harness import (
     Api,
     Cluster,
@@ -21,6 +20,7 @@ from tests.chaos.harness import (
     percentile,
     rss_peak_kib,
     statuses,
+    task_hashes,
     wait_finished,
     wait_until,
 )
@@ -133,15 +133,6 @@ async def test_load(
 
 
 MAXMEMORY = 8 * 1024 * 1024
-
-
-def task_hashes(client: redis.Redis) -> set[str]:
-    """The ids of every task record in Redis (hashes named ``{resizer}:task:<id>``)."""
-    found = set()
-    for key in client.scan_iter(match=task_key("*"), count=1000):
-        if client.type(key) == b"hash":
-            found.add(key.decode().rpartition(":")[2])
-    return found
 
 
 async def test_memory_pressure(
