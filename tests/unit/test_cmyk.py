@@ -32,6 +32,14 @@ def test_every_node_of_the_table_comes_out_as_the_profile_gives_it() -> None:
     assert np.abs(ours - exact(nodes)).max() <= 1
 
 
+def test_the_encoding_by_shift_keeps_every_linear_level() -> None:
+    # The kernel encodes an interpolated field (a 13-bit level times the weights' sum, 225) by
+    # the field >> _SHIFT instead of a division: each level must still encode as itself.
+    levels = np.arange(cmyk._LEVELS + 1)
+    wanted = np.round(cmyk._linear_to_srgb(levels / cmyk._LEVELS) * 255)
+    assert np.array_equal(cmyk._ENCODE[(levels * cmyk._STEP**2) >> cmyk._SHIFT], wanted)
+
+
 def test_between_nodes_it_is_closer_to_the_profile_than_littlecms() -> None:
     rng = np.random.default_rng(1)
     inks = rng.integers(0, 256, (50_000, 4), dtype=np.uint8)
