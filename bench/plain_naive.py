@@ -2,8 +2,8 @@
 
 Run by bench/kernel.py beside the other methods: the kernel section measures every method with
 the worker's allocator setting (resizer/memory.py), which also speeds up naive Pillow's large
-buffers; this shows the naive bars against naive Pillow as a plain Python process runs it. The
-same small protocol as bench/vips_kernel.py: "PATH RUNS" in, {"ms": best} out.
+buffers; the naive bars are judged against naive Pillow as a plain Python process runs it, here.
+The same small protocol as bench/vips_kernel.py: "PATH RUNS" in, {"ms": best} out.
 """
 
 from __future__ import annotations
