@@ -83,6 +83,7 @@ def floor(data: bytes) -> None:
             factor = imaging._DRAFT_FACTOR_CMYK if img.mode == "CMYK" else imaging._DRAFT_FACTOR
             wanted = SIZES[0] * factor
             img.draft(img.mode, (wanted, wanted))
+            imaging._whole_file_at_once(img, data)
         img.load()
 
 
