@@ -154,10 +154,14 @@ NAIVE_BARS = ("smooth-3000.jpg", "phone-3000.jpg")
 # then runs 16 times a round, where a fixed count left its best-of exposed to noise.
 ROUND_MS = 80.0
 MIN_RUNS = 4
+# Rounds per file. With 6, the smooth 3000 px JPEG's ratio to plain naive Pillow spread over
+# 10.25-12.71x in five back-to-back measurements on this VM; with 12, over 10.47-10.84x: the best
+# of more rounds is less often a round that the neighbours' load slowed down.
+ROUNDS = 12
 
 
 def measure(
-    paths: list[Path], rounds: int = 6, runs: int = MIN_RUNS
+    paths: list[Path], rounds: int = ROUNDS, runs: int = MIN_RUNS
 ) -> tuple[list[KernelRow], str | None]:
     """Every method on every file, interleaved in rounds (ours, naive, floor, pyvips, then
     again), best run kept: load from other processes then hits all methods alike. ``runs`` is
@@ -245,7 +249,7 @@ def _f(value: float | None, spec: str) -> str:
 
 def report(rows: list[KernelRow], vips_note: str | None) -> list[str]:
     lines = [
-        "1. kernel: one core, ms per task (decode + 64 + 32 + encode), best of 6 rounds of"
+        f"1. kernel: one core, ms per task (decode + 64 + 32 + encode), best of {ROUNDS} rounds of"
         f" >= {MIN_RUNS} runs (>= {ROUND_MS:.0f} ms) interleaved with the other methods",
         f"{'file':24} {'MB':>5} {'ours':>7} {'naive':>7} {'xnaive':>6} {'floor':>7}"
         f" {'/floor':>6} {'vips':>7} {'xvips':>6} {'dB px':>6} {'dB file':>7}",
