@@ -70,9 +70,10 @@ _OUTPUT_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
 _ALIASES = {"mpo": "jpeg"}  # a multi-picture JPEG's first picture is a plain JPEG
 _CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 
-# Measured on the benchmark corpus (bench/kernel.py --sweep): decoding JPEG at 1/8 scale (DC only)
-# and then resizing still scores >= 42 dB at 64 px, but the margin is thin on grainy photos; a
-# draft of at least 2x the target costs little more and keeps a clear margin.
+# Measured on the benchmark corpus (a sweep of draft scales, since removed from bench/kernel.py):
+# decoding JPEG at 1/8 scale (DC only) and then resizing still scores >= 42 dB at 64 px, but the
+# margin is thin on grainy photos; a draft of at least 2x the target costs little more and keeps
+# a clear margin.
 _DRAFT_FACTOR = 2
 # CMYK's conversion is far from linear, so as little averaging as possible may happen before it:
 # the DCT's own averaging at 1/8 costs ~8 dB on the corpus scan, at 1/4 it does not.
