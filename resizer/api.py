@@ -233,7 +233,7 @@ async def get_task(request: web.Request) -> web.Response:
     store = request.app[STORE]
     task = await _find_task(store, task_id)
     if wait and not task.status.finished:
-        async with request.app[COMPLETIONS].watch(task_id) as finished:
+        async with request.app[COMPLETIONS].watch(task.watch_id) as finished:
             # Re-read after registering: a finish between the two reads is not missed.
             task = await _find_task(store, task_id)
             if not task.status.finished:
@@ -362,7 +362,7 @@ def make_app(settings: Settings, store: Store | None = None) -> web.Application:
                 app[STORE] = await stack.enter_async_context(open_store(settings))
             else:
                 app[STORE] = store
-            completions = Completions(app[STORE].redis)
+            completions = Completions(app[STORE].redis, app[STORE].finished_channels)
             await completions.start()
             stack.push_async_callback(completions.stop)
             app[COMPLETIONS] = completions

@@ -28,6 +28,8 @@ class Settings:
     ttl_seconds: int = 86400
     max_body_bytes: int = 32 * MiB
     max_pixels: int = 50_000_000
+    failed_ttl_seconds: int = 3600
+    partitions: int = 1
 
     @property
     def heartbeat_seconds(self) -> float:
@@ -64,4 +66,6 @@ _INT_ENV = {
     "ttl_seconds": "RESIZER_TTL_SECONDS",
     "max_body_bytes": "RESIZER_MAX_BODY_BYTES",
     "max_pixels": "RESIZER_MAX_PIXELS",
+    "failed_ttl_seconds": "RESIZER_FAILED_TTL_SECONDS",
+    "partitions": "RESIZER_PARTITIONS",
 }

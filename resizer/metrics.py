@@ -86,12 +86,15 @@ def _task_metrics(stats: QueueStats | None) -> Iterator[Metric]:
     for outcome in ("done", "failed"):
         finished.add_metric([outcome], stats.counters.get(outcome, 0))
     yield finished
-    # The scripts only touch buckets an observation fell in; the exposition wants them all.
-    buckets = [(str(le), stats.durations.get(str(le), 0.0)) for le in DURATION_BUCKETS]
+    # The scripts count each observation in its own bucket only; the exposition is cumulative.
+    buckets, total = [], 0.0
+    for le in [*(str(le) for le in DURATION_BUCKETS), "+Inf"]:
+        total += stats.durations.get(le, 0.0)
+        buckets.append((le, total))
     yield HistogramMetricFamily(
         "resizer_task_processing_seconds",
         "Time a worker spent on a task (decode, resize, encode)",
-        buckets=[*buckets, ("+Inf", stats.durations.get("+Inf", 0.0))],
+        buckets=buckets,
         sum_value=stats.durations.get("sum", 0.0),
     )
     yield GaugeMetricFamily("resizer_queue_waiting", "Tasks waiting", value=stats.waiting)

@@ -64,6 +64,13 @@ class Task:
     digest: str
     error: str | None = None
     result_format: str | None = None
+    leader: str | None = None
+    """The task whose work this one joined (same bytes, in flight when it was created)."""
+
+    @property
+    def watch_id(self) -> str:
+        """The id whose finish is announced for this task."""
+        return self.leader or self.id
 
 
 @attrs.frozen
@@ -87,6 +94,8 @@ class Claim:
     token: str
     attempt: int
     digest: str
+    original: bytes | None = attrs.field(default=None, repr=False)
+    """The image to resize, read in the same step (None once its retention expired)."""
 
 
 DURATION_BUCKETS: tuple[float, ...] = (
@@ -103,7 +112,7 @@ DURATION_BUCKETS: tuple[float, ...] = (
     10.0,
     30.0,
 )
-"""Upper bounds (seconds) of the processing-time histogram, Prometheus style (cumulative)."""
+"""Upper bounds (seconds) of the processing-time histogram's buckets."""
 
 
 @attrs.frozen
@@ -111,7 +120,7 @@ class QueueStats:
     """What the store counts for the metrics endpoint, shared by every process."""
 
     counters: dict[str, int]  # created, deduplicated, done, failed, retried, recovered, ...
-    durations: dict[str, float]  # histogram buckets ("0.1", ..., "+Inf") and "sum"
+    durations: dict[str, float]  # observations per bucket ("0.1", ..., "+Inf"), "count", "sum"
     waiting: int
     in_flight: int
 

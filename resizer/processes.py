@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 import attrs
 import structlog
 
+from resizer.backoff import Backoff
+
 log = structlog.get_logger("resizer.processes")
 
 _PR_SET_PDEATHSIG = 1
@@ -58,6 +60,9 @@ def stop_process(proc: subprocess.Popen[bytes], grace: float) -> int:
     return proc.wait()
 
 
+_STABLE_SECONDS = 30.0
+
+
 @attrs.define
 class Child:
     name: str
@@ -66,6 +71,8 @@ class Child:
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     next_start: float = 0.0
+    started_at: float = 0.0
+    backoff: Backoff = attrs.field(factory=Backoff, repr=False)
 
 
 class Supervisor:
@@ -96,6 +103,7 @@ class Supervisor:
 
     def _start(self, child: Child) -> None:
         child.proc = spawn(child.argv, self.env)
+        child.started_at = time.monotonic()
         log.info("child.started", child=child.name, pid=child.proc.pid)
 
     def _restart_dead(self) -> None:
@@ -104,8 +112,11 @@ class Supervisor:
             if child.proc is None or child.proc.poll() is None:
                 continue
             if child.next_start == 0.0:
-                # Back off a child that keeps dying, so a broken one does not spin the CPU.
-                delay = min(5.0, 0.1 * 2**child.restarts)
+                # Back off a child that keeps dying, so a broken one does not spin the CPU; one
+                # that ran a while before dying starts again at once.
+                if now - child.started_at > _STABLE_SECONDS:
+                    child.backoff.reset()
+                delay = child.backoff.next()
                 child.next_start = now + delay
                 log.warning(
                     "child.died",

@@ -9,11 +9,24 @@ from contextlib import suppress
 
 import structlog
 
+from resizer.backoff import Backoff
 from resizer.config import Settings
-from resizer.store import REDIS_DOWN, REDIS_FULL, open_store, unavailable
-from resizer.worker import Backoff, recover_once
+from resizer.models import RecoveryReport
+from resizer.store import REDIS_DOWN, REDIS_FULL, Store, open_store, unavailable
 
 log = structlog.get_logger("resizer.recovery")
+
+
+async def recover_once(store: Store) -> RecoveryReport:
+    """One recovery pass, each task it acted on logged."""
+    report = await store.recover()
+    for task_id in report.requeued:
+        log.warning("task.recovered", task_id=task_id, outcome="requeued")
+    for task_id in report.failed:
+        log.warning("task.recovered", task_id=task_id, outcome="failed (attempt cap)")
+    for task_id in report.adopted:
+        log.info("task.adopted", task_id=task_id)
+    return report
 
 
 async def run_recovery(settings: Settings, every: float | None, say: Callable[[str], None]) -> None:

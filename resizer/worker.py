@@ -19,29 +19,17 @@ from contextlib import asynccontextmanager, suppress
 import structlog
 
 from resizer import faults, imaging, memory
+from resizer.backoff import Backoff
 from resizer.config import Settings
 from resizer.errors import ImageDecodeError
-from resizer.models import Claim, RecoveryReport, Thumbnail
+from resizer.models import Claim, Thumbnail
+from resizer.recovery import recover_once
 from resizer.store import REDIS_DOWN, REDIS_FULL, Store, open_store
 
 log = structlog.get_logger("resizer.worker")
 
 TAKE_TIMEOUT_SECONDS = 1.0
 """How long one BLMOVE blocks: also the longest an idle worker takes to notice a stop request."""
-
-
-class Backoff:
-    """Exponential backoff for reconnecting: 0.1 s doubling to 5 s, reset on success."""
-
-    def __init__(self, first: float = 0.1, cap: float = 5.0) -> None:
-        self.first, self.cap, self.current = first, cap, first
-
-    def next(self) -> float:
-        delay, self.current = self.current, min(self.cap, self.current * 2)
-        return delay
-
-    def reset(self) -> None:
-        self.current = self.first
 
 
 class Worker:
@@ -88,7 +76,7 @@ class Worker:
             self.processed += 1
 
     async def _resize_and_complete(self, claim: Claim) -> None:
-        original = await self.store.get_original(claim)
+        original = claim.original
         if original is None:
             await self.store.fail(claim, "the original image is gone (its retention expired)")
             log.warning("task.failed", error="original missing")
@@ -158,17 +146,6 @@ class Worker:
 def _resize(original: bytes) -> list[Thumbnail]:
     faults.hit("during_resize", original)
     return imaging.make_thumbnails(original)
-
-
-async def recover_once(store: Store) -> RecoveryReport:
-    report = await store.recover()
-    for task_id in report.requeued:
-        log.warning("task.recovered", task_id=task_id, outcome="requeued")
-    for task_id in report.failed:
-        log.warning("task.recovered", task_id=task_id, outcome="failed (attempt cap)")
-    for task_id in report.adopted:
-        log.info("task.adopted", task_id=task_id)
-    return report
 
 
 async def serve_worker(settings: Settings) -> None:

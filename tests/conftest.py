@@ -8,7 +8,7 @@ import redis
 
 from resizer.config import Settings
 from resizer.embedded import RedisServer
-from resizer.store import Store
+from resizer.store import Store, client_for
 
 
 @pytest.fixture
@@ -54,6 +54,6 @@ def real_settings(redis_url: str, settings: Settings) -> Settings:
 
 @pytest.fixture
 async def real_store(real_settings: Settings) -> AsyncIterator[Store]:
-    store = Store(Store.client_for(real_settings.redis_url), real_settings)
+    store = Store(client_for(real_settings.redis_url), real_settings)
     yield store
     await store.close()

@@ -32,7 +32,7 @@ from resizer.config import Settings
 from resizer.embedded import RedisServer, free_port
 from resizer.models import ImageSize, TaskStatus
 from resizer.processes import resizer_command
-from resizer.store import LEASES, PROCESSING, WAITING, task_key
+from resizer.store.keys import partition, task_key
 
 FINISHED = {TaskStatus.DONE.value, TaskStatus.FAILED.value}
 
@@ -236,7 +236,7 @@ def statuses(client: redis.Redis, ids: list[str]) -> list[str | None]:
 def task_hashes(client: redis.Redis) -> set[str]:
     """The ids of every task record in Redis (hashes named ``{resizer}:task:<id>``)."""
     found = set()
-    for key in client.scan_iter(match=task_key("*"), count=1000):
+    for key in client.scan_iter(match=partition(0).task("*"), count=1000):
         if client.type(key) == b"hash":
             found.add(key.decode().rpartition(":")[2])
     return found
@@ -441,8 +441,8 @@ class QueueSampler(threading.Thread):
         while not self.stopping.wait(0.01):
             try:
                 pipe = self.client.pipeline(transaction=True)
-                pipe.lrange(WAITING, 0, -1)
-                pipe.lrange(PROCESSING, 0, -1)
+                pipe.lrange(partition(0).waiting, 0, -1)
+                pipe.lrange(partition(0).processing, 0, -1)
                 waiting, processing = pipe.execute()
             except redis.RedisError:
                 continue
@@ -512,9 +512,9 @@ async def audit(client: redis.Redis, ids: list[str], base: str) -> Audit:
 
         await asyncio.gather(*(check(t, size) for t in done for size in (64, 32)))
     leftovers = {
-        "waiting": int(client.llen(WAITING)),
-        "processing": int(client.llen(PROCESSING)),
-        "leases": int(client.zcard(LEASES)),
+        "waiting": int(client.llen(partition(0).waiting)),
+        "processing": int(client.llen(partition(0).processing)),
+        "leases": int(client.zcard(partition(0).leases)),
     }
     return Audit(status, lost, leftovers, attempts, bad, tasks)
 

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 
 from resizer.config import Settings
-from resizer.store import task_key
+from resizer.store.keys import task_key
 from tests.chaos.harness import (
     Api,
     Cluster,

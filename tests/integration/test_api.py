@@ -17,7 +17,7 @@ from resizer.api import COMPLETIONS, make_app
 from resizer.config import Settings
 from resizer.embedded import free_port
 from resizer.models import TaskStatus
-from resizer.store import POOL_SIZE, Store
+from resizer.store import POOL_SIZE, Store, client_for
 from resizer.worker import Worker
 from tests.helpers import await_until, make_image, make_noise_image
 
@@ -57,7 +57,7 @@ async def run_worker_until_idle(settings: Settings, count: int) -> None:
     import asyncio
 
     async with asyncio.timeout(30):
-        store = Store(Store.client_for(settings.redis_url, socket_timeout=10), settings)
+        store = Store(client_for(settings.redis_url, socket_timeout=10), settings)
         try:
             await Worker(store, settings).run(asyncio.Event(), max_tasks=count)
         finally:
@@ -278,8 +278,8 @@ async def test_redis_down_is_503_json_not_a_hang(aiohttp_client: ClientFactory) 
     client = await aiohttp_client(make_app(dead))
     for response in (
         await client.post("/tasks", json={"data": b64(make_image("PNG"))}),
-        await client.get("/tasks/abc"),
-        await client.get("/tasks/abc/image?size=64"),
+        await client.get(f"/tasks/{'0' * 32}"),
+        await client.get(f"/tasks/{'0' * 32}/image?size=64"),
     ):
         message = await assert_error(response, 503, "unavailable")
         assert "Redis" in message

@@ -10,7 +10,8 @@ import pytest
 
 from resizer.config import Settings
 from resizer.models import ImageInfo, TaskStatus, Upload
-from resizer.store import Store, task_key
+from resizer.store import Store, client_for
+from resizer.store.keys import task_key
 
 pytestmark = pytest.mark.integration
 
@@ -22,7 +23,7 @@ def upload(data: bytes) -> Upload:
 async def test_tasks_that_joined_a_waiting_task_outlast_its_own_ttl_and_finish(
     real_settings: Settings,
 ) -> None:
-    redis = Store.client_for(real_settings.redis_url)
+    redis = client_for(real_settings.redis_url)
     short = Store(redis, attrs.evolve(real_settings, ttl_seconds=1))
     long = Store(redis, attrs.evolve(real_settings, ttl_seconds=60))
     try:

@@ -21,7 +21,7 @@ from resizer.api import make_app
 from resizer.config import Settings
 from resizer.embedded import RedisServer
 from resizer.models import TaskStatus, Upload
-from resizer.store import Store
+from resizer.store import Store, client_for
 from resizer.worker import Worker
 from tests.helpers import await_until, make_image
 
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.integration
 async def full_store(tmp_path: Path, settings: Settings) -> AsyncIterator[Store]:
     """A store on a Redis of its own, ready to be made full with ``fill``."""
     with RedisServer(directory=tmp_path, extra_args=["--maxmemory-policy", "noeviction"]) as srv:
-        store = Store(Store.client_for(srv.url), attrs.evolve(settings, redis_url=srv.url))
+        store = Store(client_for(srv.url), attrs.evolve(settings, redis_url=srv.url))
         yield store
         await store.close()
 

@@ -19,7 +19,8 @@ from resizer.config import Settings
 from resizer.embedded import RedisServer
 from resizer.models import ImageSize, Task, TaskStatus, Upload
 from resizer.processes import resizer_command
-from resizer.store import LEASES, PROCESSING, WAITING, Store
+from resizer.store import Store, client_for
+from resizer.store.keys import partition
 from tests.helpers import await_until, make_image, wait_until
 
 pytestmark = pytest.mark.integration
@@ -58,7 +59,7 @@ def procs(real_settings: Settings, tmp_path: Path) -> Iterator[Processes]:
 
 @pytest.fixture
 async def store(procs: Processes) -> Store:
-    return Store(Store.client_for(procs.settings.redis_url), procs.settings)
+    return Store(client_for(procs.settings.redis_url), procs.settings)
 
 
 async def submit(store: Store, data: bytes | None = None) -> str:
@@ -92,9 +93,9 @@ async def assert_done_with_both_sizes(store: Store, task_id: str) -> None:
 
 
 async def assert_queues_empty(store: Store) -> None:
-    assert await store.redis.llen(WAITING) == 0
-    assert await store.redis.llen(PROCESSING) == 0
-    assert await store.redis.zcard(LEASES) == 0
+    assert await store.redis.llen(partition(0).waiting) == 0
+    assert await store.redis.llen(partition(0).processing) == 0
+    assert await store.redis.zcard(partition(0).leases) == 0
 
 
 async def test_sigkill_mid_task_is_recovered_and_done(procs: Processes, store: Store) -> None:
@@ -199,7 +200,7 @@ async def test_a_worker_survives_a_redis_restart(procs: Processes, tmp_path: Pat
     server.start()
     try:
         procs.settings = attrs.evolve(procs.settings, redis_url=server.url)
-        store = Store(Store.client_for(server.url), procs.settings)
+        store = Store(client_for(server.url), procs.settings)
         worker = procs.start("work")
         before = await submit(store)
         await wait_status(store, before, TaskStatus.DONE)
@@ -210,7 +211,7 @@ async def test_a_worker_survives_a_redis_restart(procs: Processes, tmp_path: Pat
         assert worker.poll() is None
         server = RedisServer(port=server.port, directory=tmp_path / "own-redis").start()
 
-        store = Store(Store.client_for(server.url), procs.settings)
+        store = Store(client_for(server.url), procs.settings)
         after = await submit(store)
         await wait_status(store, after, TaskStatus.DONE)
         assert worker.poll() is None

@@ -10,16 +10,12 @@ import attrs
 import pytest
 
 from resizer.models import Claim, ImageInfo, ImageSize, TaskStatus, Upload
-from resizer.store import (
-    LEASES,
-    PROCESSING,
-    WAITING,
-    Store,
-    blob_key,
-    joined_key,
-    result_key,
-    task_key,
-)
+from resizer.store import Store
+from resizer.store.keys import partition
+
+P0 = partition(0)
+WAITING, PROCESSING, LEASES = P0.waiting, P0.processing, P0.leases
+task_key, blob_key, content_key = P0.task, P0.blob, P0.content
 
 INFO = ImageInfo(format="png", width=100, height=100)
 IMAGES = {64: base64.b64encode(b"sixty-four"), 32: base64.b64encode(b"thirty-two")}
@@ -147,9 +143,8 @@ async def test_complete_writes_every_size_and_done_in_one_step(fake_store: Store
         _, image = await fake_store.get_task_and_image(task.id, ImageSize(str(size)))
         assert image == data
     # Results expire with their content, not later.
-    result_ttl = await fake_store.redis.pttl(result_key(task.digest))
+    result_ttl = await fake_store.redis.pttl(content_key(task.digest))
     assert 0 < result_ttl <= await fake_store.redis.pttl(blob_key(task.digest)) + 50
-    assert await fake_store.redis.hget(task_key(task.id), "token") is None
     assert await lists(fake_store) == ([], [], [])
 
 
@@ -161,7 +156,7 @@ async def test_complete_with_a_stale_token_writes_nothing(fake_store: Store) -> 
     stored = await fake_store.get_task(task.id)
     assert stored is not None
     assert stored.status is TaskStatus.IN_PROGRESS
-    assert await fake_store.redis.exists(result_key(task.digest)) == 0
+    assert await fake_store.redis.hexists(content_key(task.digest), "format") == 0
 
 
 async def test_a_presumed_dead_worker_cannot_overwrite_the_newer_attempt(fake_store: Store) -> None:
@@ -210,7 +205,10 @@ async def test_retry_requeues_until_the_attempt_cap_then_fails(fake_store: Store
     assert "gave up after 3 attempts" in stored.error
     assert "RuntimeError: boom" in stored.error
     assert await lists(fake_store) == ([], [], [])
-    assert await fake_store.retry(claim, "again") == "stale"
+    # The same release sent again (its reply was lost) answers what the first one did; any
+    # other claim is stale.
+    assert await fake_store.retry(claim, "again") == "failed"
+    assert await fake_store.retry(attrs.evolve(claim, token="other"), "again") == "stale"
 
 
 async def test_recover_leaves_live_leases_alone(fake_store: Store) -> None:
@@ -319,10 +317,9 @@ async def test_same_bytes_in_flight_join_and_finish_together(fake_store: Store) 
     assert second.status is TaskStatus.WAITING
     assert first.digest == second.digest
     assert await lists(fake_store) == ([first.id.encode()], [], [])  # queued once
-    assert await fake_store.redis.smembers(joined_key(first.digest)) == {
-        first.id.encode(),
-        second.id.encode(),
-    }
+    # Joining is one field on each side, whatever the number of tasks that join.
+    assert await fake_store.redis.hget(task_key(second.id), "leader") == first.id.encode()
+    assert await fake_store.redis.hget(task_key(first.id), "joined") == b"1"
     claim = await take_and_claim(fake_store)
     assert await fake_store.complete(claim, "png", IMAGES) is True
     for task_id in (first.id, second.id):
@@ -332,7 +329,7 @@ async def test_same_bytes_in_flight_join_and_finish_together(fake_store: Store) 
     stored_second = await fake_store.get_task(second.id)
     assert stored_second is not None
     assert stored_second.attempts == 0  # it never needed a worker
-    assert await fake_store.redis.exists(joined_key(first.digest)) == 0
+    assert await fake_store.redis.hget(content_key(first.digest), "leader") is None
 
 
 async def test_same_bytes_after_done_are_done_at_once(fake_store: Store) -> None:
@@ -388,7 +385,7 @@ async def test_shared_content_lives_as_long_as_its_longest_lived_task(fake_store
     await short.create_task(upload(b"shared"))  # a shorter-lived task never shortens it
     assert await fake_store.redis.pttl(blob_key(first.digest)) > 900_000
     await long.complete(await take_and_claim(long), "png", IMAGES)
-    assert await fake_store.redis.pttl(result_key(first.digest)) > 900_000
+    assert await fake_store.redis.pttl(content_key(first.digest)) > 900_000
 
 
 async def test_a_waiting_task_that_others_joined_lives_as_long_as_they_do(
@@ -429,16 +426,147 @@ async def test_the_scripts_count_what_happens_for_the_metrics(fake_store: Store)
         "attempt_cap_failures": 1,
         "retried": 1,
     }
-    assert stats.durations == {
-        "0.25": 1,
-        "0.5": 1,
-        "1.0": 1,
-        "2.5": 1,
-        "5.0": 1,
-        "10.0": 1,
-        "30.0": 1,
-        "+Inf": 1,
-        "sum": 0.2,
-    }
+    # Each observation in its own bucket (the exposition makes them cumulative).
+    assert stats.durations == {"0.25": 1, "count": 1, "sum": 0.2}
     assert (stats.waiting, stats.in_flight) == (1, 0)
     assert done.id != flaky.id
+
+
+# --- every script is safe to run twice (redis-py re-sends a command whose reply was lost) -------
+
+
+async def test_create_sent_twice_creates_one_task(fake_store: Store) -> None:
+    first = await fake_store.create_task(upload(b"once"), task_id="ab" * 15 + "00")
+    again = await fake_store.create_task(upload(b"once"), task_id=first.id)
+    assert (again.id, again.status, again.created_at) == (first.id, first.status, first.created_at)
+    assert await lists(fake_store) == ([first.id.encode()], [], [])
+    assert (await fake_store.stats()).counters == {"created": 1}
+    assert await fake_store.redis.hget(content_key(first.digest), "refs") == b"1"
+
+
+async def test_claim_sent_twice_counts_one_attempt(fake_store: Store) -> None:
+    task = await fake_store.create_task(upload(b"original"))
+    assert await fake_store.take(0.01) == task.id
+    first = await fake_store.claim(task.id, "w1", token="t" * 32)
+    again = await fake_store.claim(task.id, "w1", token="t" * 32)
+    assert first is not None
+    assert again == first
+    assert again.original == b"original"
+    stored = await fake_store.get_task(task.id)
+    assert stored is not None
+    assert (stored.status, stored.attempts) == (TaskStatus.IN_PROGRESS, 1)
+    # Another worker's claim of the same id is still refused.
+    assert await fake_store.claim(task.id, "w2", token="u" * 32) is None
+
+
+async def test_complete_sent_twice_counts_once(fake_store: Store) -> None:
+    await fake_store.create_task(upload())
+    claim = await take_and_claim(fake_store)
+    assert await fake_store.complete(claim, "png", IMAGES, seconds=0.2) is True
+    assert await fake_store.complete(claim, "png", IMAGES, seconds=0.2) is True
+    stats = await fake_store.stats()
+    assert stats.counters["done"] == 1
+    assert stats.durations["count"] == 1
+
+
+async def test_a_retry_sent_twice_requeues_once(fake_store: Store) -> None:
+    task = await fake_store.create_task(upload())
+    claim = await take_and_claim(fake_store)
+    assert await fake_store.retry(claim, "boom") == "requeued"
+    assert await fake_store.retry(claim, "boom") == "requeued"
+    assert await lists(fake_store) == ([task.id.encode()], [], [])
+    assert (await fake_store.stats()).counters["retried"] == 1
+    # The next claim is a new one; the old token stays stale for it.
+    second = await take_and_claim(fake_store)
+    assert second.attempt == 2
+    assert await fake_store.retry(claim, "boom") == "requeued"  # answers as before ...
+    assert await fake_store.renew(second) is True  # ... and takes nothing from the new claim
+    stored = await fake_store.get_task(task.id)
+    assert stored is not None
+    assert stored.status is TaskStatus.IN_PROGRESS
+
+
+# --- joining is O(1) --------------------------------------------------------------------------
+
+
+async def test_many_joined_tasks_finish_with_one_write(fake_store: Store) -> None:
+    leader = await fake_store.create_task(upload(b"popular"))
+    joined = [await fake_store.create_task(upload(b"popular")) for _ in range(50)]
+    claim = await take_and_claim(fake_store)
+    assert await fake_store.complete(claim, "png", IMAGES) is True
+    # Nothing was written to the joined tasks' own records: they read the leader's status.
+    for task in joined:
+        assert await fake_store.redis.hget(task_key(task.id), "status") == b"WAITING"
+        seen = await fake_store.get_task(task.id)
+        assert seen is not None
+        assert (seen.status, seen.result_format, seen.attempts) == (TaskStatus.DONE, "png", 0)
+        assert seen.watch_id == leader.id
+    assert (await fake_store.stats()).counters["done"] == 51
+
+
+async def test_a_joined_task_shows_its_leaders_progress(fake_store: Store) -> None:
+    await fake_store.create_task(upload(b"x"))
+    joined = await fake_store.create_task(upload(b"x"))
+    await take_and_claim(fake_store)
+    seen = await fake_store.get_task(joined.id)
+    assert seen is not None
+    assert seen.status is TaskStatus.IN_PROGRESS
+
+
+# --- retention of what failed ------------------------------------------------------------------
+
+
+async def test_a_failed_tasks_bytes_expire_after_the_failed_ttl(fake_store: Store) -> None:
+    store = Store(fake_store.redis, attrs.evolve(fake_store.settings, failed_ttl_seconds=60))
+    task = await store.create_task(upload(b"garbage"))
+    assert await store.redis.pttl(blob_key(task.digest)) > 3_000_000
+    assert await store.fail(await take_and_claim(store), "cannot decode") is True
+    for key in (blob_key(task.digest), content_key(task.digest)):
+        assert 0 < await store.redis.pttl(key) <= 60_000
+    # The task's own record (small) keeps the whole retention: its error stays readable.
+    assert await store.redis.pttl(task_key(task.id)) > 3_000_000
+    # A new task for the same bytes makes them worth keeping again.
+    await store.create_task(upload(b"garbage"))
+    assert await store.redis.pttl(blob_key(task.digest)) > 3_000_000
+
+
+# --- deletion ---------------------------------------------------------------------------------
+
+
+async def test_delete_releases_bytes_no_other_task_uses(fake_store: Store) -> None:
+    first = await fake_store.create_task(upload(b"shared"))
+    await fake_store.complete(await take_and_claim(fake_store), "png", IMAGES)
+    second = await fake_store.create_task(upload(b"shared"))
+    assert await fake_store.delete_task(first.id) is True
+    assert await fake_store.get_task(first.id) is None
+    assert await fake_store.delete_task(first.id) is False
+    _, image = await fake_store.get_task_and_image(second.id, ImageSize.S64)
+    assert image == IMAGES[64]  # still used by the second task
+    assert await fake_store.delete_task(second.id) is True
+    assert await fake_store.redis.exists(blob_key(first.digest), content_key(first.digest)) == 0
+
+
+async def test_deleting_a_waiting_task_leaves_nothing_for_a_worker(fake_store: Store) -> None:
+    task = await fake_store.create_task(upload())
+    assert await fake_store.delete_task(task.id) is True
+    assert await fake_store.take(0.01) == task.id
+    assert await fake_store.claim(task.id, "w1") is None
+    assert await lists(fake_store) == ([], [], [])
+    assert await fake_store.redis.dbsize() == 1  # the statistics
+
+
+async def test_deleting_a_task_others_joined_keeps_its_work_for_them(fake_store: Store) -> None:
+    leader = await fake_store.create_task(upload(b"joined"))
+    joined = await fake_store.create_task(upload(b"joined"))
+    assert await fake_store.delete_task(leader.id) is True
+    assert await fake_store.get_task(leader.id) is None
+    await fake_store.complete(await take_and_claim(fake_store), "png", IMAGES)
+    seen, image = await fake_store.get_task_and_image(joined.id, ImageSize.S32)
+    assert seen is not None
+    assert (seen.status, image) == (TaskStatus.DONE, IMAGES[32])
+
+
+async def test_ids_that_are_not_ours_are_unknown_without_a_lookup(fake_store: Store) -> None:
+    for task_id in ("nope", "x" * 32, "../../etc"):
+        assert await fake_store.get_task(task_id) is None
+        assert await fake_store.delete_task(task_id) is False

@@ -11,7 +11,7 @@ from structlog.testing import capture_logs
 from resizer import imaging, worker
 from resizer.models import TaskStatus, Thumbnail, Upload
 from resizer.store import Store
-from resizer.worker import Backoff, Worker
+from resizer.worker import Worker
 from tests.helpers import make_image
 
 
@@ -91,10 +91,3 @@ async def test_a_transient_error_then_success(
     task = await fake_store.get_task(task_id)
     assert task is not None
     assert (task.status, task.attempts) == (TaskStatus.DONE, 2)
-
-
-def test_backoff_doubles_to_a_cap_and_resets() -> None:
-    backoff = Backoff(first=0.1, cap=0.5)
-    assert [backoff.next() for _ in range(5)] == [0.1, 0.2, 0.4, 0.5, 0.5]
-    backoff.reset()
-    assert backoff.next() == 0.1

@@ -1,0 +1,456 @@
+"""``Store``: the one Python face of Redis. Tasks, the reliable queue, and what they count.
+
+State machine
+=============
+::
+
+    create ──> WAITING ──claim──> IN_PROGRESS ──complete──> DONE
+      │           ^                   │  │
+      │           └──retry/recover────┘  └──fail / attempt cap──> FAILED
+      ├──(same bytes already resized)──> DONE
+      └──(same bytes in flight)──> joined: reads its status from the task it joined
+
+Every arrow is one Lua script (``lua/*.lua``), so atomic: Redis runs a script to completion
+before any other command. The first half of a claim is the ``BLMOVE`` that blocks until work
+arrives; the claim script then leases the task and hands back its original.
+
+Every script is safe to run twice: redis-py sends a command again when its reply was lost (a
+socket timeout), so each script recognises its own repeat (the task id for ``create``, the
+caller's token for ``claim``, ``complete`` and releases) and answers as its first run did.
+
+What a crash at each step leaves behind, and who repairs it:
+
+- during ``create``: nothing or everything: the client saw no 201, or the task exists and is
+  queued.
+- after ``BLMOVE``, before the claim: the id sits in ``processing`` with no lease. Recovery
+  *adopts* it (one lease period from when it first saw it); if no claim arrives by then it goes
+  back to ``waiting``. No attempt was counted.
+- while IN_PROGRESS: the lease stops being renewed and expires; recovery re-queues the task, or
+  FAILS it once ``attempts >= RESIZER_MAX_ATTEMPTS``.
+- during ``complete``: nothing was written, or the task is DONE with every size.
+- a worker presumed dead that wakes up: its token no longer matches, so its renewals, results
+  and failures are refused; the newer attempt's results stand.
+
+Scripts that find a key through another (a digest read from a task, a leader's id) build its
+name from the partition's tag, passed in ARGV: it hashes to the same slot as their KEYS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from resizer.config import Settings
+from resizer.models import (
+    DURATION_BUCKETS,
+    Claim,
+    ImageInfo,
+    ImageSize,
+    QueueStats,
+    RecoveryReport,
+    Task,
+    TaskStatus,
+    Upload,
+)
+from resizer.store import keys
+from resizer.store.completions import Signal
+from resizer.store.connection import client_for
+from resizer.store.keys import Partition
+from resizer.store.scripts import Script
+
+_LEADER_FIELDS = ("status", "updated_at", "error", "result_format")
+
+
+class Store:
+    """Typed operations on Redis. One instance per process; safe to share between tasks."""
+
+    def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
+        self.redis = client
+        self.settings = settings
+        self.partitions = [keys.partition(i) for i in range(settings.partitions)]
+        self._create = Script(client, "create")
+        self._claim = Script(client, "claim")
+        self._renew = Script(client, "renew")
+        self._complete = Script(client, "complete")
+        self._release = Script(client, "release")
+        self._expired = Script(client, "expired")
+        self._recover = Script(client, "recover")
+        self._adopt = Script(client, "adopt")
+        self._delete = Script(client, "delete")
+        self._next_partition = itertools.cycle(range(len(self.partitions)))
+        self._work: Signal | None = None
+
+    @property
+    def finished_channels(self) -> list[str]:
+        """The channels that announce finished tasks, one per partition."""
+        return [part.finished for part in self.partitions]
+
+    def _of_id(self, task_id: str) -> Partition | None:
+        index = keys.partition_of_id(task_id)
+        return None if index is None else keys.partition(index)
+
+    def _of_digest(self, digest: str) -> Partition:
+        return self.partitions[keys.partition_of_digest(digest, len(self.partitions))]
+
+    # --- tasks ----------------------------------------------------------------------------------
+
+    async def create_task(self, upload: Upload, task_id: str | None = None) -> Task:
+        """Store the original (once per content) and queue the task, atomically.
+
+        A task for bytes that were already resized is DONE at once; one for bytes being
+        resized right now joins that work. Creating the same ``task_id`` again changes nothing.
+        """
+        part = self._of_digest(upload.digest)
+        task_id = task_id or keys.new_task_id(part.index)
+        created_ms, outcome = await self._create(
+            keys=[
+                part.task(task_id),
+                part.blob(upload.digest),
+                part.content(upload.digest),
+                part.waiting,
+                part.stats,
+            ],
+            args=[
+                task_id,
+                self.settings.ttl_seconds * 1000,
+                upload.info.format,
+                upload.info.width,
+                upload.info.height,
+                upload.data,
+                upload.digest,
+                part.tag,
+                keys.WORK_CHANNEL if len(self.partitions) > 1 else "",
+            ],
+        )
+        # Only `create` turns a task DONE without a worker: when these bytes were resized before.
+        status = TaskStatus.DONE if _text(outcome) == "done" else TaskStatus.WAITING
+        created = _ms_to_datetime(created_ms)
+        return Task(task_id, status, created, created, 0, upload.info, upload.digest)
+
+    async def get_task(self, task_id: str) -> Task | None:
+        """The task as clients see it: a task that joined another has that one's status."""
+        part = self._of_id(task_id)
+        if part is None:
+            return None
+        fields = await self.redis.hgetall(part.task(task_id))
+        if not fields or b"deleted" in fields:
+            return None
+        leader = fields.get(b"leader")
+        if leader is not None and fields[b"status"] not in (b"DONE", b"FAILED"):
+            # The leader outlives every task that joined it (create keeps it alive).
+            values = await self.redis.hmget(part.task(_text(leader)), _LEADER_FIELDS)
+            if values[0] is not None:
+                fields.update(
+                    {f.encode(): v for f, v in zip(_LEADER_FIELDS, values, strict=True) if v}
+                )
+        return _task_from_hash(task_id, fields)
+
+    async def get_task_and_image(
+        self, task_id: str, size: ImageSize
+    ) -> tuple[Task | None, bytes | None]:
+        """The task and one of its images.
+
+        ``original`` comes back as the raw bytes; resized sizes as base64 (as stored), and only
+        once the task is DONE.
+        """
+        task = await self.get_task(task_id)
+        if task is None:
+            return None, None
+        part = self._part(task.id)
+        image: bytes | str | None = None
+        if size is ImageSize.ORIGINAL:
+            image = await self.redis.get(part.blob(task.digest))
+        elif task.status is TaskStatus.DONE:
+            image = await self.redis.hget(part.content(task.digest), size.value)
+        return task, image.encode() if isinstance(image, str) else image
+
+    def _part(self, task_id: str) -> Partition:
+        """The partition of an id already known to be ours (read from Redis, or claimed)."""
+        part = self._of_id(task_id)
+        assert part is not None, f"not a task id: {task_id!r}"
+        return part
+
+    async def delete_task(self, task_id: str) -> bool:
+        """Delete a task; its images go too unless another task was created for them.
+
+        False when there was no such task.
+        """
+        part = self._of_id(task_id)
+        if part is None:
+            return False
+        deleted = await self._delete(keys=[part.task(task_id)], args=[task_id, part.tag])
+        return bool(deleted)
+
+    # --- the queue ------------------------------------------------------------------------------
+
+    async def take(self, timeout: float) -> str | None:
+        """Block until a task id can be moved from ``waiting`` to ``processing`` (or time out)."""
+        if len(self.partitions) == 1:
+            part = self.partitions[0]
+            moved = await self.redis.blmove(
+                part.waiting,
+                part.processing,
+                timeout,  # type: ignore[arg-type]  # BLMOVE takes fractions of a second
+                src="RIGHT",
+                dest="LEFT",
+            )
+            return None if moved is None else _text(moved)
+        return await self._take_from_any(timeout)
+
+    async def _take_from_any(self, timeout: float) -> str | None:
+        # One blocking pop cannot watch several partitions (BLMOVE takes one source), so idle
+        # workers wait on a pub/sub signal that `create` sends, then look in every partition,
+        # starting from a different one each time so none starves.
+        if self._work is None:
+            self._work = Signal(self.redis, keys.WORK_CHANNEL)
+            await self._work.start()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            self._work.clear()
+            start = next(self._next_partition)
+            for offset in range(len(self.partitions)):
+                part = self.partitions[(start + offset) % len(self.partitions)]
+                moved = await self.redis.lmove(part.waiting, part.processing, "RIGHT", "LEFT")
+                if moved is not None:
+                    return _text(moved)
+            left = deadline - loop.time()
+            if left <= 0 or not await self._work.wait(left):
+                return None
+
+    async def claim(self, task_id: str, worker: str, token: str | None = None) -> Claim | None:
+        """Turn a taken id into a leased claim: IN_PROGRESS, attempt counted, token issued.
+
+        The claim carries the original image (None if its retention expired). Claiming again
+        with the same ``token`` returns the same claim, without counting another attempt.
+        """
+        part = self._of_id(task_id)
+        if part is None:
+            return None
+        token = token or secrets.token_hex(16)
+        claimed = await self._claim(
+            keys=[part.task(task_id), part.processing, part.leases],
+            args=[task_id, token, self.settings.lease_seconds * 1000, worker, part.tag],
+        )
+        if not claimed:
+            return None
+        attempt, digest, original = claimed
+        return Claim(
+            task_id=task_id,
+            token=token,
+            attempt=int(attempt),
+            digest=_text(digest),
+            original=original or None,
+        )
+
+    async def renew(self, claim: Claim) -> bool:
+        """Extend the lease. False means it was lost: another attempt owns the task now."""
+        part = self._part(claim.task_id)
+        renewed = await self._renew(
+            keys=[part.task(claim.task_id), part.leases],
+            args=[claim.task_id, claim.token, self.settings.lease_seconds * 1000],
+        )
+        return bool(renewed)
+
+    async def complete(
+        self,
+        claim: Claim,
+        result_format: str,
+        images: dict[int, bytes],
+        seconds: float = 0.0,
+    ) -> bool:
+        """Store every size (base64) and mark DONE, atomically, if the claim is current.
+
+        Every task that joined this one (same bytes) is DONE with it. ``seconds`` (the
+        processing time) goes into the shared duration histogram.
+        """
+        part = self._part(claim.task_id)
+        sizes = sorted(images, reverse=True)
+        bucket = next((str(le) for le in DURATION_BUCKETS if seconds <= le), "+Inf")
+        done = await self._complete(
+            keys=[
+                part.task(claim.task_id),
+                part.processing,
+                part.leases,
+                part.content(claim.digest),
+                part.stats,
+                part.durations,
+                part.finished,
+            ],
+            args=[
+                claim.task_id,
+                claim.token,
+                result_format,
+                bucket,
+                repr(seconds),
+                *(item for s in sizes for item in (str(s), images[s])),
+            ],
+        )
+        return bool(done)
+
+    async def fail(self, claim: Claim, reason: str) -> bool:
+        """Permanent failure: FAILED now, with ``reason``, if the claim is current."""
+        return await self._release_claim(claim, reason, fatal=True) == "failed"
+
+    async def retry(self, claim: Claim, reason: str) -> str:
+        """Transient failure: back to ``waiting``, or FAILED at the attempt cap.
+
+        Returns ``requeued``, ``failed`` or ``stale`` (the claim was no longer current).
+        """
+        return await self._release_claim(claim, reason, fatal=False)
+
+    async def _release_claim(self, claim: Claim, reason: str, *, fatal: bool) -> str:
+        part = self._part(claim.task_id)
+        outcome = await self._release(
+            keys=[
+                part.task(claim.task_id),
+                part.processing,
+                part.leases,
+                part.waiting,
+                part.content(claim.digest),
+                part.blob(claim.digest),
+                part.stats,
+                part.failures,
+                part.finished,
+            ],
+            args=[
+                claim.task_id,
+                claim.token,
+                reason,
+                int(fatal),
+                self.settings.max_attempts,
+                self.settings.failed_ttl_seconds * 1000,
+            ],
+        )
+        return _text(outcome)
+
+    async def recover(self, batch: int = 500) -> RecoveryReport:
+        """One recovery pass over every partition: adopt unleased ids, then re-queue or FAIL
+        every expired lease."""
+        report = RecoveryReport()
+        for part in self.partitions:
+            await self._recover_partition(part, batch, report)
+        return report
+
+    async def _recover_partition(self, part: Partition, batch: int, report: RecoveryReport) -> None:
+        lease_ms = self.settings.lease_seconds * 1000
+        # `processing` holds one id per busy worker at most: reading it whole is cheap.
+        for raw in await self.redis.lrange(part.processing, 0, -1):
+            task_id = _text(raw)
+            if await self.redis.zscore(part.leases, task_id) is None:
+                outcome = await self._adopt(
+                    keys=[part.task(task_id), part.processing, part.leases],
+                    args=[task_id, lease_ms],
+                )
+                if outcome == b"adopted":
+                    report.adopted.append(task_id)
+        while True:
+            expired: list[bytes] = await self._expired(keys=[part.leases], args=[batch])
+            for raw in expired:
+                task_id = _text(raw)
+                outcome = _text(
+                    await self._recover(
+                        keys=[
+                            part.task(task_id),
+                            part.processing,
+                            part.leases,
+                            part.waiting,
+                            part.stats,
+                            part.failures,
+                            part.finished,
+                        ],
+                        args=[
+                            task_id,
+                            self.settings.max_attempts,
+                            self.settings.failed_ttl_seconds * 1000,
+                            part.tag,
+                        ],
+                    )
+                )
+                if outcome == "requeued":
+                    report.requeued.append(task_id)
+                elif outcome == "failed":
+                    report.failed.append(task_id)
+            if len(expired) < batch:
+                return
+
+    # --- introspection --------------------------------------------------------------------------
+
+    async def stats(self) -> QueueStats:
+        """Counters kept by the scripts (so every worker's work is counted), and queue lengths,
+        summed over the partitions."""
+        counters: dict[str, int] = {}
+        durations: dict[str, float] = {}
+        waiting = in_flight = 0
+        for part in self.partitions:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hgetall(part.stats)
+                pipe.hgetall(part.durations)
+                pipe.llen(part.waiting)
+                pipe.zcard(part.leases)
+                part_counters, part_durations, part_waiting, part_leased = await pipe.execute()
+            for name, value in part_counters.items():
+                counters[_text(name)] = counters.get(_text(name), 0) + int(value)
+            for name, value in part_durations.items():
+                durations[_text(name)] = durations.get(_text(name), 0.0) + float(value)
+            waiting += int(part_waiting)
+            in_flight += int(part_leased)
+        return QueueStats(
+            counters=counters, durations=durations, waiting=waiting, in_flight=in_flight
+        )
+
+    async def ping(self) -> None:
+        await self.redis.ping()
+
+    async def close(self) -> None:
+        if self._work is not None:
+            await self._work.stop()
+        await self.redis.aclose()
+
+
+def _text(value: bytes | str) -> str:
+    # The client is binary (images), so replies are bytes; the stubs also allow str.
+    return value if isinstance(value, str) else value.decode()
+
+
+def _decode(value: bytes | None) -> str | None:
+    return None if value is None else value.decode()
+
+
+def _ms_to_datetime(ms: bytes | int) -> datetime:
+    return datetime.fromtimestamp(int(ms) / 1000, tz=UTC)
+
+
+def _task_from_hash(task_id: str, fields: dict[Any, Any]) -> Task:
+    return Task(
+        id=task_id,
+        status=TaskStatus(fields[b"status"].decode()),
+        created_at=_ms_to_datetime(fields[b"created_at"]),
+        updated_at=_ms_to_datetime(fields[b"updated_at"]),
+        attempts=int(fields[b"attempts"]),
+        original=ImageInfo(
+            format=fields[b"format"].decode(),
+            width=int(fields[b"width"]),
+            height=int(fields[b"height"]),
+        ),
+        digest=fields[b"digest"].decode(),
+        error=_decode(fields.get(b"error")),
+        result_format=_decode(fields.get(b"result_format")),
+        leader=_decode(fields.get(b"leader")),
+    )
+
+
+@asynccontextmanager
+async def open_store(settings: Settings, *, socket_timeout: float = 5.0) -> AsyncIterator[Store]:
+    store = Store(client_for(settings.redis_url, socket_timeout=socket_timeout), settings)
+    try:
+        yield store
+    finally:
+        await store.close()

@@ -1,0 +1,28 @@
+--@include prelude
+-- Turn an id a worker took (BLMOVE) into a leased claim: IN_PROGRESS, attempt counted, the
+-- caller's token, a lease deadline; and hand back the original, which the worker reads next.
+-- KEYS: task, processing, leases   ARGV: id, token, lease_ms, worker, partition tag
+-- Returns {attempt, digest, original or false}, or 0 when the id is not claimable (its task
+-- expired or was deleted, or this is a stale second delivery): one copy of it is dropped.
+local task, processing, leases = KEYS[1], KEYS[2], KEYS[3]
+local id, token, tag = ARGV[1], ARGV[2], ARGV[5]
+local status, held, attempts, digest = unpack(
+  redis.call('HMGET', task, 'status', 'token', 'attempts', 'digest'))
+
+local function claimed(attempt)
+  return {attempt, digest, redis.call('GET', tag .. ':blob:' .. digest)}
+end
+
+-- Sent twice after a lost reply: the same claim, not a second attempt.
+if status == 'IN_PROGRESS' and held == token then return claimed(tonumber(attempts)) end
+if status ~= 'WAITING' then
+  redis.call('LREM', processing, 1, id)
+  if not status then redis.call('ZREM', leases, id) end
+  return 0
+end
+local now = now_ms()
+local attempt = redis.call('HINCRBY', task, 'attempts', 1)
+redis.call('HSET', task, 'status', 'IN_PROGRESS', 'token', token, 'worker', ARGV[4],
+           'updated_at', now)
+redis.call('ZADD', leases, now + tonumber(ARGV[3]), id)
+return claimed(attempt)

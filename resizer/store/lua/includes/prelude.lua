@@ -1,0 +1,24 @@
+-- What every script shares: the Redis clock and TTL helpers. Functions only, no state.
+
+-- Milliseconds on the Redis clock, so hosts with skewed clocks agree on leases. Redis >= 5
+-- replicates a script's effects, not the script, so reading TIME is safe.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Make `key` live at least `ttl` ms from now; never shorten it.
+local function keep(key, ttl)
+  local left = redis.call('PTTL', key)
+  if left == -1 or (left >= 0 and left < ttl) then redis.call('PEXPIRE', key, ttl) end
+end
+
+-- Make `key` live at most `ttl` ms from now; never lengthen it.
+local function cap(key, ttl)
+  local left = redis.call('PTTL', key)
+  if left == -1 or left > ttl then redis.call('PEXPIRE', key, ttl) end
+end
+
+local function count(stats, name, n)
+  redis.call('HINCRBY', stats, name, n or 1)
+end

@@ -1,0 +1,52 @@
+"""The Lua scripts, one file per state change under ``lua/``, loaded from the package.
+
+A script names the shared functions it needs with ``--@include NAME`` lines (files under
+``lua/includes/``); the loader puts each one in once, ahead of the script, in the order first
+named. Includes hold functions only, so a script never relies on another file's locals.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from importlib.resources import files
+from typing import Any, Final
+
+import redis.exceptions
+
+_INCLUDE: Final = re.compile(r"^--@include\s+([a-z_]+)\s*$", re.MULTILINE)
+_LUA = files("resizer.store") / "lua"
+
+
+@functools.cache
+def source(name: str) -> str:
+    """The whole text of script ``name``, its includes resolved."""
+    seen: list[str] = []
+    body = _resolve(_LUA.joinpath(f"{name}.lua").read_text(), seen)
+    parts = [_INCLUDE.sub("", _LUA.joinpath("includes", f"{i}.lua").read_text()) for i in seen]
+    return "\n".join([*parts, body])
+
+
+def _resolve(text: str, seen: list[str]) -> str:
+    for include in _INCLUDE.findall(text):
+        if include not in seen:
+            _resolve(_LUA.joinpath("includes", f"{include}.lua").read_text(), seen)
+            seen.append(include)
+    return _INCLUDE.sub("", text)
+
+
+class Script:
+    """A script registered on a client; a write it was refused for lack of memory raises
+    ``OutOfMemoryError``, as a plain command would."""
+
+    def __init__(self, client: Any, name: str) -> None:
+        self.name = name
+        self._script = client.register_script(source(name))
+
+    async def __call__(self, keys: list[Any], args: list[Any]) -> Any:
+        try:
+            return await self._script(keys=keys, args=args)
+        except redis.exceptions.ResponseError as exc:
+            if isinstance(exc, redis.exceptions.OutOfMemoryError) or "-OOM " not in str(exc):
+                raise
+            raise redis.exceptions.OutOfMemoryError(str(exc)) from exc
