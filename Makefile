@@ -33,10 +33,11 @@ bench: venv ## benchmark: kernel vs naive Pillow and pyvips, end to end, API, me
 	$(POETRY) install --quiet --with bench
 	$(RUN) python -m bench.run
 
-lint: venv lint-deploy ## ruff check, ruff format --check, mypy --strict, and lint-deploy
+lint: venv lint-deploy ## ruff check, ruff format --check, mypy --strict, the import rule, lint-deploy
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
 	$(RUN) mypy
+	$(RUN) lint-imports
 
 # Offline checks of the deployment files (no Docker engine or cluster needed): docker-compose.yml
 # against the Compose Specification schema, the Dockerfile with hadolint, the Kubernetes
