@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import hmac
 import json
 import mimetypes
 import re
@@ -32,9 +33,11 @@ from resizer.errors import (
     StorageFull,
     TaskNotFound,
     TaskNotReady,
+    Unauthorized,
 )
 from resizer.metrics import CONTENT_TYPE, Metrics
 from resizer.models import (
+    MAX_WAIT_SECONDS,
     CreateTaskRequest,
     ErrorBody,
     ErrorDetail,
@@ -123,6 +126,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                 error = ResizerError("internal error; it has been logged")
             response = error_response(error.status, error.code, error.message)
         response.headers["X-Request-Id"] = request_id
+        # Originals are served as their owner uploaded them: a browser must not guess their type.
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        if response.status == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
+
         resource = request.match_info.route.resource
         # The route template, never the raw path: metric labels must stay few.
         route = resource.canonical if resource is not None else "<unmatched>"
@@ -136,6 +144,24 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             duration_ms=round(seconds * 1000, 2),
         )
         return response
+
+
+# What an orchestrator probes: never behind the token.
+_PUBLIC_ROUTES = frozenset({"/health", "/ready"})
+
+
+@web.middleware
+async def token_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """With ``RESIZER_API_TOKEN`` set, every route but the probes needs ``Bearer <token>``."""
+    expected = request.app[SETTINGS].api_token
+    if expected and request.path not in _PUBLIC_ROUTES:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        # Compared in constant time, so the answer's timing does not leak the token.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), expected.encode()
+        ):
+            raise Unauthorized("this server needs Authorization: Bearer <RESIZER_API_TOKEN>")
+    return await handler(request)
 
 
 def decode_upload(body: bytes, max_pixels: int) -> Upload:
@@ -176,10 +202,20 @@ def decode_base64(text: str) -> bytes:
         raise InvalidImage(f'"data" is not valid base64: {exc}') from None
 
 
+def is_raw_upload(request: web.Request) -> bool:
+    """A body that is the image itself rather than JSON (only when the client says so)."""
+    if "Content-Type" not in request.headers:
+        return False
+    content_type = request.content_type
+    return content_type.startswith("image/") or content_type == "application/octet-stream"
+
+
 async def create_task(request: web.Request) -> web.Response:
     body = await request.read()
     max_pixels = request.app[SETTINGS].max_pixels
-    if len(body) > _OFFLOAD_BYTES:
+    if is_raw_upload(request):
+        upload = Upload.of(imaging.inspect(body, max_pixels), body)
+    elif len(body) > _OFFLOAD_BYTES:
         loop = asyncio.get_running_loop()
         upload = await loop.run_in_executor(request.app[DECODER], decode_upload, body, max_pixels)
     else:
@@ -199,9 +235,6 @@ async def create_task(request: web.Request) -> web.Response:
     )
 
 
-MAX_WAIT_SECONDS = 30.0
-
-
 def _wait_seconds(request: web.Request) -> float:
     raw = request.query.get("wait")
     if raw is None:
@@ -211,7 +244,9 @@ def _wait_seconds(request: web.Request) -> float:
     except ValueError:
         seconds = -1.0
     if not 0 <= seconds <= MAX_WAIT_SECONDS or seconds != seconds:  # NaN fails both
-        raise BadRequest(f"wait must be a number of seconds from 0 to 30; got {raw!r}")
+        raise BadRequest(
+            f"wait must be a number of seconds from 0 to {MAX_WAIT_SECONDS:g}; got {raw!r}"
+        )
     return seconds
 
 
@@ -241,6 +276,15 @@ async def get_task(request: web.Request) -> web.Response:
                     await asyncio.wait_for(asyncio.shield(finished), wait)
                 task = await _find_task(store, task_id)
     return json_response(TaskView.of(task))
+
+
+async def delete_task(request: web.Request) -> web.Response:
+    """Delete a task; its stored images go too unless another task shares them."""
+    task_id = request.match_info["task_id"]
+    if not await request.app[STORE].delete_task(task_id):
+        raise TaskNotFound(f"no task {task_id!r} (unknown, or its retention expired)")
+    log.info("task.deleted", task_id=task_id)
+    return web.Response(status=204)
 
 
 async def get_image(request: web.Request) -> web.Response:
@@ -352,7 +396,10 @@ def make_app(settings: Settings, store: Store | None = None) -> web.Application:
 
     Without a ``store``, the app opens its own Redis pool for its lifetime (``cleanup_ctx``).
     """
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[error_middleware])
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[error_middleware, token_middleware],
+    )
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
 
@@ -381,6 +428,7 @@ def make_app(settings: Settings, store: Store | None = None) -> web.Application:
     app.cleanup_ctx.append(decoder_pool)
     app.router.add_post("/tasks", create_task)
     app.router.add_get("/tasks/{task_id}", get_task)
+    app.router.add_delete("/tasks/{task_id}", delete_task)
     app.router.add_get("/tasks/{task_id}/image", get_image)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)

@@ -20,11 +20,17 @@ import attrs
 import cattrs
 
 from resizer.errors import ApiError, ResizerError, ServerUnreachable
-from resizer.models import ImageSize, ImageView, TaskCreated, TaskStatus, TaskView, converter
+from resizer.models import (
+    MAX_WAIT_SECONDS,
+    ImageSize,
+    ImageView,
+    TaskCreated,
+    TaskStatus,
+    TaskView,
+    converter,
+)
 
 DEFAULT_URL = "http://127.0.0.1:8080"
-MAX_WAIT = 30.0
-"""The longest single long-poll the server accepts."""
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp", ".avif", ".mpo"}
 )
@@ -43,7 +49,7 @@ class Client:
 
     async def status(self, task_id: str, wait: float = 0) -> TaskView:
         """The task's status; with ``wait``, the server answers as soon as it finishes."""
-        params = {"wait": f"{min(wait, MAX_WAIT):g}"} if wait > 0 else None
+        params = {"wait": f"{min(wait, MAX_WAIT_SECONDS):g}"} if wait > 0 else None
         return await self._request("GET", f"/tasks/{task_id}", TaskView, params=params)
 
     async def image(self, task_id: str, size: ImageSize) -> ImageView:

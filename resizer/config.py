@@ -30,6 +30,7 @@ class Settings:
     max_pixels: int = 50_000_000
     failed_ttl_seconds: int = 3600
     partitions: int = 1
+    api_token: str | None = attrs.field(default=None, repr=False)
 
     @property
     def heartbeat_seconds(self) -> float:
@@ -45,6 +46,8 @@ class Settings:
         """The environment that makes a child process (``up``'s workers) see these settings."""
         env = {name: str(getattr(self, field)) for field, name in _INT_ENV.items()}
         env["REDIS_URL"] = self.redis_url
+        if self.api_token:
+            env["RESIZER_API_TOKEN"] = self.api_token
         return env
 
     @classmethod
@@ -53,6 +56,8 @@ class Settings:
         values: dict[str, object] = {}
         if "REDIS_URL" in env:
             values["redis_url"] = env["REDIS_URL"]
+        if env.get("RESIZER_API_TOKEN"):
+            values["api_token"] = env["RESIZER_API_TOKEN"]
         for field, name in _INT_ENV.items():
             if name in env:
                 values[field] = _positive_int(name, env[name])

@@ -37,6 +37,13 @@ class InvalidImage(ResizerError):
     code = "invalid_image"
 
 
+class Unauthorized(ResizerError):
+    """``RESIZER_API_TOKEN`` is set and the request did not carry it."""
+
+    status = 401
+    code = "unauthorized"
+
+
 class TaskNotFound(ResizerError):
     status = 404
     code = "not_found"

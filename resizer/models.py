@@ -10,6 +10,9 @@ import attrs
 import cattrs
 from cattrs.gen import make_dict_unstructure_fn, override
 
+MAX_WAIT_SECONDS = 30.0
+"""The longest single long-poll (``GET /tasks/{id}?wait=``) the server accepts."""
+
 SIZES: tuple[int, ...] = (64, 32)
 """The sizes every task is resized to, largest first (smaller ones may derive from larger)."""
 

@@ -9,6 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from resizer import __version__
+from resizer.models import MAX_WAIT_SECONDS, ImageSize, TaskStatus
+
+_SIZES = [size.value for size in ImageSize]
+_WAIT = f"{MAX_WAIT_SECONDS:g}"
 
 _ID = {
     "name": "task_id",
@@ -29,6 +33,21 @@ _ERROR_RESPONSE: dict[str, Any] = {
 
 
 def document() -> dict[str, Any]:
+    doc = _document()
+    # With RESIZER_API_TOKEN set, everything but the probes needs the bearer token.
+    doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    for path, operations in doc["paths"].items():
+        if path in ("/health", "/ready"):
+            continue
+        for operation in operations.values():
+            operation["security"] = [{}, {"bearer": []}]
+            operation["responses"]["401"] = _error(
+                "RESIZER_API_TOKEN is set and the request lacks `Authorization: Bearer <token>`"
+            )
+    return doc
+
+
+def _document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {
@@ -44,12 +63,19 @@ def document() -> dict[str, Any]:
                 "post": {
                     "operationId": "createTask",
                     "summary": "Submit a square image",
+                    "description": "The image as base64 in a JSON object (the default), or its "
+                    "bytes as the body with `Content-Type: image/*` or "
+                    "`application/octet-stream`: the same task, the same checks and errors.",
                     "requestBody": {
                         "required": True,
                         "content": {
                             "application/json": {
                                 "schema": {"$ref": "#/components/schemas/CreateTask"}
-                            }
+                            },
+                            "application/octet-stream": {
+                                "schema": {"type": "string", "format": "binary"}
+                            },
+                            "image/*": {"schema": {"type": "string", "format": "binary"}},
                         },
                     },
                     "responses": {
@@ -89,8 +115,8 @@ def document() -> dict[str, Any]:
                             "name": "wait",
                             "in": "query",
                             "required": False,
-                            "description": "Seconds to wait for DONE or FAILED (0 to 30).",
-                            "schema": {"type": "number", "minimum": 0, "maximum": 30},
+                            "description": f"Seconds to wait for DONE or FAILED (0 to {_WAIT}).",
+                            "schema": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_SECONDS},
                         },
                     ],
                     "responses": {
@@ -102,11 +128,21 @@ def document() -> dict[str, Any]:
                                 }
                             },
                         },
-                        "400": _error("`wait` is not a number from 0 to 30"),
+                        "400": _error(f"`wait` is not a number from 0 to {_WAIT}"),
                         "404": _error("Unknown task, or its retention expired"),
                         "503": _error("Redis is unreachable"),
                     },
-                }
+                },
+                "delete": {
+                    "operationId": "deleteTask",
+                    "summary": "Delete a task; its images go unless another task shares them",
+                    "parameters": [_ID],
+                    "responses": {
+                        "204": {"description": "Deleted"},
+                        "404": _error("Unknown task, or its retention expired"),
+                        "503": _error("Redis is unreachable"),
+                    },
+                },
             },
             "/tasks/{task_id}/image": {
                 "get": {
@@ -120,7 +156,7 @@ def document() -> dict[str, Any]:
                             "name": "size",
                             "in": "query",
                             "required": True,
-                            "schema": {"type": "string", "enum": ["original", "64", "32"]},
+                            "schema": {"type": "string", "enum": _SIZES},
                         },
                         {
                             "name": "raw",
@@ -146,7 +182,7 @@ def document() -> dict[str, Any]:
                             },
                         },
                         "304": {"description": "Not modified (If-None-Match, raw responses)"},
-                        "400": _error("`size` missing or not one of original, 64, 32"),
+                        "400": _error(f"`size` missing or not one of {', '.join(_SIZES)}"),
                         "404": _error("Unknown task, or its retention expired"),
                         "409": _error("A resized size before the task is DONE"),
                         "503": _error("Redis is unreachable"),
@@ -231,7 +267,7 @@ def document() -> dict[str, Any]:
         },
         "components": {
             "schemas": {
-                "Status": {"type": "string", "enum": ["WAITING", "IN_PROGRESS", "DONE", "FAILED"]},
+                "Status": {"type": "string", "enum": [status.value for status in TaskStatus]},
                 "CreateTask": {
                     "type": "object",
                     "required": ["data"],
@@ -271,7 +307,7 @@ def document() -> dict[str, Any]:
                     "additionalProperties": False,
                     "properties": {
                         "id": {"type": "string"},
-                        "size": {"type": "string", "enum": ["original", "64", "32"]},
+                        "size": {"type": "string", "enum": _SIZES},
                         "width": {"type": "integer", "minimum": 1},
                         "height": {"type": "integer", "minimum": 1},
                         "format": {"type": "string"},

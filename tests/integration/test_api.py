@@ -262,7 +262,8 @@ async def test_resized_image_of_a_failed_task_is_409(
         ("GET", "/", 404, "not_found"),
         ("GET", "/nope", 404, "not_found"),
         ("GET", "/tasks", 405, "method_not_allowed"),
-        ("DELETE", "/tasks/abc", 405, "method_not_allowed"),
+        ("DELETE", "/tasks/abc", 404, "not_found"),
+        ("PATCH", "/tasks/abc", 405, "method_not_allowed"),
         ("PUT", "/tasks", 405, "method_not_allowed"),
         ("POST", "/tasks/abc/image", 405, "method_not_allowed"),
     ],
@@ -473,11 +474,90 @@ async def test_a_large_body_is_decoded_in_a_child_process_with_the_same_answers(
     assert original == data
 
     not_base64 = json.dumps({"data": "*" * (1100 * 1024)})
-    response = await client.post("/tasks", data=not_base64)
+    as_json = {"Content-Type": "application/json"}
+    response = await client.post("/tasks", data=not_base64, headers=as_json)
     assert "base64" in await assert_error(response, 422, "invalid_image")
     not_json = b"{" + b" " * (1100 * 1024)
-    response = await client.post("/tasks", data=not_json)
+    response = await client.post("/tasks", data=not_json, headers=as_json)
     assert "JSON" in await assert_error(response, 400, "bad_request")
     wide = make_noise_image("PNG", size=700)[:16] + bytes(1100 * 1024)  # a broken PNG
     response = await client.post("/tasks", json={"data": b64(wide)})
     await assert_error(response, 422, "invalid_image")
+
+
+# --- raw uploads --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content_type", ["image/png", "application/octet-stream"])
+async def test_a_raw_upload_is_the_same_task_as_the_json_one(
+    client: Client, content_type: str
+) -> None:
+    data = make_image("PNG", unique=True)
+    response = await client.post("/tasks", data=data, headers={"Content-Type": content_type})
+    assert response.status == 201
+    created = await response.json()
+    assert created["status"] == "WAITING"
+    # The same bytes as JSON join the raw upload's task: same content, same digest.
+    again = await post_image(client, data)
+    stored = await client.get(f"/tasks/{again}/image?size=original&raw=1")
+    assert await stored.read() == data
+
+
+async def test_a_raw_upload_gets_the_same_checks(client: Client) -> None:
+    headers = {"Content-Type": "image/png"}
+    wide = make_image("PNG", size=40, height=30)
+    response = await client.post("/tasks", data=wide, headers=headers)
+    assert "square" in await assert_error(response, 422, "invalid_image")
+    response = await client.post("/tasks", data=b"", headers=headers)
+    await assert_error(response, 422, "invalid_image")
+
+
+# --- DELETE /tasks/{id} ---------------------------------------------------------------------------
+
+
+async def test_delete_answers_204_then_the_task_is_gone(
+    client: Client, real_settings: Settings
+) -> None:
+    task_id = await post_image(client, make_image("PNG", unique=True))
+    response = await client.delete(f"/tasks/{task_id}")
+    assert response.status == 204
+    await assert_error(await client.get(f"/tasks/{task_id}"), 404, "not_found")
+    await assert_error(await client.delete(f"/tasks/{task_id}"), 404, "not_found")
+    # The worker that takes its id drops it: no FAILED ghost, nothing left in Redis but counters.
+    await run_worker_until_idle(real_settings, 0)
+
+
+# --- optional access control --------------------------------------------------------------------
+
+
+async def test_a_token_guards_every_route_but_the_probes(
+    aiohttp_client: ClientFactory, real_settings: Settings
+) -> None:
+    guarded = Settings(redis_url=real_settings.redis_url, api_token="s3cret-token")
+    client = await aiohttp_client(make_app(guarded))
+    for path in ("/health", "/ready"):
+        assert (await client.get(path)).status == 200
+    image = {"data": b64(make_image("PNG", unique=True))}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-token"}):
+        for response in (
+            await client.post("/tasks", json=image, headers=headers),
+            await client.get(f"/tasks/{'0' * 32}", headers=headers),
+            await client.get("/metrics", headers=headers),
+        ):
+            assert "RESIZER_API_TOKEN" in await assert_error(response, 401, "unauthorized")
+            assert response.headers["WWW-Authenticate"] == "Bearer"
+    good = {"Authorization": "Bearer s3cret-token"}
+    response = await client.post("/tasks", json=image, headers=good)
+    assert response.status == 201
+    task_id = (await response.json())["id"]
+    assert (await client.get(f"/tasks/{task_id}", headers=good)).status == 200
+
+
+async def test_every_answer_forbids_content_sniffing(client: Client) -> None:
+    task_id = await post_image(client, make_image("PNG", unique=True))
+    for response in (
+        await client.get(f"/tasks/{task_id}/image?size=original&raw=1"),
+        await client.get(f"/tasks/{task_id}"),
+        await client.get("/nope"),
+    ):
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
