@@ -9,18 +9,13 @@ from __future__ import annotations
 import asyncio
 import binascii
 import hmac
-import json
 import mimetypes
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import AsyncExitStack, suppress
-from multiprocessing import get_context
 from typing import Any
 
-import cattrs
 import structlog
 from aiohttp import web
 
@@ -28,7 +23,8 @@ from resizer import imaging, openapi
 from resizer.config import Settings
 from resizer.errors import (
     BadRequest,
-    InvalidImage,
+    PayloadTooLarge,
+    RequestTimeout,
     ResizerError,
     StorageFull,
     TaskNotFound,
@@ -38,7 +34,6 @@ from resizer.errors import (
 from resizer.metrics import CONTENT_TYPE, Metrics
 from resizer.models import (
     MAX_WAIT_SECONDS,
-    CreateTaskRequest,
     ErrorBody,
     ErrorDetail,
     ImageSize,
@@ -51,6 +46,7 @@ from resizer.models import (
     converter,
 )
 from resizer.store import REDIS_DOWN, REDIS_FULL, Completions, Store, open_store, unavailable
+from resizer.upload import JsonUpload, RawUpload
 
 log = structlog.get_logger("resizer.api")
 
@@ -58,14 +54,7 @@ SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
 COMPLETIONS = web.AppKey("completions", Completions)
 METRICS = web.AppKey("metrics", Metrics)
-DECODER = web.AppKey("decoder", ProcessPoolExecutor)
 
-# Parsing JSON and base64 holds the GIL (about 10 ms per MB here), so a thread would still
-# stall every other request: bodies this large are decoded in a child process instead
-# (measured by bench/upload_latency.py).
-_OFFLOAD_BYTES = 1024 * 1024
-_DATA_URL = re.compile(rb"^\s*data:[\w.+/-]*(?:;[\w=.+-]+)*;base64,", re.IGNORECASE)
-_WHITESPACE = b" \t\r\n\x0b\x0c"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -125,11 +114,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                 log.exception("request.crashed", method=request.method, path=request.path)
                 error = ResizerError("internal error; it has been logged")
             response = error_response(error.status, error.code, error.message)
-        response.headers["X-Request-Id"] = request_id
-        # Originals are served as their owner uploaded them: a browser must not guess their type.
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        if response.status == 401:
-            response.headers["WWW-Authenticate"] = "Bearer"
+            if error.closes_connection:
+                await _send_and_close(request, response, request_id)
+        _finish_headers(response, request_id)
 
         resource = request.match_info.route.resource
         # The route template, never the raw path: metric labels must stay few.
@@ -144,6 +131,27 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             duration_ms=round(seconds * 1000, 2),
         )
         return response
+
+
+def _finish_headers(response: web.StreamResponse, request_id: str) -> None:
+    if response.prepared:
+        return
+    response.headers["X-Request-Id"] = request_id
+    # Originals are served as their owner uploaded them: a browser must not guess their type.
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    if response.status == 401:
+        response.headers["WWW-Authenticate"] = "Bearer"
+
+
+async def _send_and_close(request: web.Request, response: web.Response, request_id: str) -> None:
+    """Answer, then close the connection at once: aiohttp would otherwise keep reading what
+    is left of a stalled body for its lingering time."""
+    _finish_headers(response, request_id)
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    if request.transport is not None:
+        request.transport.close()
 
 
 # What an orchestrator probes: never behind the token.
@@ -164,42 +172,29 @@ async def token_middleware(request: web.Request, handler: Handler) -> web.Stream
     return await handler(request)
 
 
-def decode_upload(body: bytes, max_pixels: int) -> Upload:
-    """Parse the JSON body, decode the base64 image, read its header, hash it.
-
-    Pure, and CPU-bound for large bodies: runs in a thread then (hashlib and binascii release
-    the GIL on large buffers).
-    """
-    try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}") from None
-    if not isinstance(payload, dict):
-        raise BadRequest('the body must be a JSON object like {"data": "<base64>"}')
-    try:
-        request = converter.structure(payload, CreateTaskRequest)
-    except cattrs.ClassValidationError as exc:
-        problems = "; ".join(cattrs.transform_error(exc))
-        raise BadRequest(f'"data" must be a string of base64: {problems}') from None
-    data = decode_base64(request.data)
-    info = imaging.inspect(data, max_pixels)
-    return Upload.of(info, data)
-
-
-def decode_base64(text: str) -> bytes:
-    """Strict base64, tolerating a ``data:`` URL prefix and line breaks (as ``base64`` wraps)."""
-    try:
-        raw = text.encode("ascii")
-    except UnicodeEncodeError:
-        raise InvalidImage('"data" is not base64: it has non-ASCII characters') from None
-    # bytes.translate deletes in one C pass; a regex substitution takes 30x longer on 25 MB.
-    raw = _DATA_URL.sub(b"", raw, count=1).translate(None, _WHITESPACE)
-    if not raw:
-        raise InvalidImage('"data" is empty')
-    try:
-        return binascii.a2b_base64(raw, strict_mode=True)
-    except binascii.Error as exc:
-        raise InvalidImage(f'"data" is not valid base64: {exc}') from None
+async def read_body(
+    request: web.Request, feed: Callable[[bytes], None], settings: Settings
+) -> None:
+    """Hand the body to ``feed`` as it arrives, within the size limit and the idle timeout."""
+    limit = settings.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"the request body is over the limit of {limit} bytes")
+    received = 0
+    while True:
+        try:
+            async with asyncio.timeout(settings.body_timeout_seconds):
+                chunk = await request.content.readany()
+        except TimeoutError:
+            raise RequestTimeout(
+                f"no part of the body arrived for {settings.body_timeout_seconds:g} s "
+                "(RESIZER_BODY_TIMEOUT); the connection is closed"
+            ) from None
+        if not chunk:
+            return
+        received += len(chunk)
+        if received > limit:
+            raise PayloadTooLarge(f"the request body is over the limit of {limit} bytes")
+        feed(chunk)
 
 
 def is_raw_upload(request: web.Request) -> bool:
@@ -211,15 +206,11 @@ def is_raw_upload(request: web.Request) -> bool:
 
 
 async def create_task(request: web.Request) -> web.Response:
-    body = await request.read()
-    max_pixels = request.app[SETTINGS].max_pixels
-    if is_raw_upload(request):
-        upload = Upload.of(imaging.inspect(body, max_pixels), body)
-    elif len(body) > _OFFLOAD_BYTES:
-        loop = asyncio.get_running_loop()
-        upload = await loop.run_in_executor(request.app[DECODER], decode_upload, body, max_pixels)
-    else:
-        upload = decode_upload(body, max_pixels)
+    settings = request.app[SETTINGS]
+    reader = RawUpload() if is_raw_upload(request) else JsonUpload()
+    await read_body(request, reader.feed, settings)
+    data, digest = reader.finish()
+    upload = Upload(info=imaging.inspect(data, settings.max_pixels), data=data, digest=digest)
     task = await request.app[STORE].create_task(upload)
     log.info(
         "task.created",
@@ -415,17 +406,7 @@ def make_app(settings: Settings, store: Store | None = None) -> web.Application:
             app[COMPLETIONS] = completions
             yield
 
-    async def decoder_pool(app: web.Application) -> AsyncIterator[None]:
-        # forkserver: never fork a process that runs an event loop and threads.
-        pool = ProcessPoolExecutor(max_workers=2, mp_context=get_context("forkserver"))
-        app[DECODER] = pool
-        try:
-            yield
-        finally:
-            pool.shutdown(wait=False, cancel_futures=True)
-
     app.cleanup_ctx.append(redis_pool)
-    app.cleanup_ctx.append(decoder_pool)
     app.router.add_post("/tasks", create_task)
     app.router.add_get("/tasks/{task_id}", get_task)
     app.router.add_delete("/tasks/{task_id}", delete_task)

@@ -31,6 +31,7 @@ class Settings:
     failed_ttl_seconds: int = 3600
     partitions: int = 1
     api_token: str | None = attrs.field(default=None, repr=False)
+    body_timeout_seconds: float = 30.0
 
     @property
     def heartbeat_seconds(self) -> float:

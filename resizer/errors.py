@@ -12,6 +12,8 @@ class ResizerError(Exception):
 
     status: int = 500
     code: str = "internal"
+    closes_connection: bool = False
+    """The answer is the last thing sent on its connection (the client misbehaved)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -23,6 +25,14 @@ class BadRequest(ResizerError):
 
     status = 400
     code = "bad_request"
+
+
+class RequestTimeout(ResizerError):
+    """The request body stalled for longer than ``RESIZER_BODY_TIMEOUT``."""
+
+    status = 408
+    code = "request_timeout"
+    closes_connection = True
 
 
 class PayloadTooLarge(ResizerError):

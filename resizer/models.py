@@ -139,11 +139,6 @@ class RecoveryReport:
 
 
 @attrs.frozen
-class CreateTaskRequest:
-    data: str
-
-
-@attrs.frozen
 class TaskCreated:
     id: str
     status: TaskStatus

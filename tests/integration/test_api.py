@@ -8,6 +8,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import attrs
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
@@ -461,13 +462,13 @@ async def test_raw_image_before_done_is_still_a_json_409(client: Client) -> None
     await assert_error(response, 409, "not_ready")
 
 
-# --- large bodies are decoded off the event loop, with the same answers --------------------------
+# --- large bodies are decoded as they arrive, with the same answers -------------------------------
 
 
-async def test_a_large_body_is_decoded_in_a_child_process_with_the_same_answers(
+async def test_a_large_body_is_decoded_as_it_arrives_with_the_same_answers(
     client: Client,
 ) -> None:
-    data = make_noise_image("PNG", size=700)  # ~1.5 MB: over the 1 MiB offload threshold
+    data = make_noise_image("PNG", size=700)  # ~1.5 MB: many network chunks
     assert len(b64(data)) > 1024 * 1024
     task_id = await post_image(client, data)
     original = await (await client.get(f"/tasks/{task_id}/image?size=original&raw=1")).read()
@@ -561,3 +562,38 @@ async def test_every_answer_forbids_content_sniffing(client: Client) -> None:
         await client.get("/nope"),
     ):
         assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+# --- hostile bodies -----------------------------------------------------------------------------
+
+
+async def test_deeply_nested_json_is_a_400(client: Client) -> None:
+    for body in (b"[" * 100_000, b'{"a": ' + b"[" * 100_000):
+        response = await client.post(
+            "/tasks", data=body, headers={"Content-Type": "application/json"}
+        )
+        await assert_error(response, 400, "bad_request")
+
+
+async def test_a_stalled_body_is_answered_408_and_its_connection_closed(
+    aiohttp_server: Callable[[web.Application], Awaitable[Any]], real_settings: Settings
+) -> None:
+    import asyncio
+    import time
+
+    impatient = attrs.evolve(real_settings, body_timeout_seconds=0.5)
+    server = await aiohttp_server(make_app(impatient))
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(
+        b"POST /tasks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000\r\n\r\n{"
+    )
+    await writer.drain()
+    started = time.monotonic()
+    async with asyncio.timeout(10):
+        answer = await reader.read()  # until the server closes the connection
+    held = time.monotonic() - started
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 408")
+    assert b"RESIZER_BODY_TIMEOUT" in answer
+    assert held < 5, f"the connection was held {held:.1f} s"

@@ -1,0 +1,280 @@
+"""Reading an upload as it arrives: the JSON envelope, its base64, and the SHA-256, in one pass.
+
+Sans-IO: the web layer feeds body chunks as they come off the socket and calls ``finish()`` at
+the end. Each chunk costs time in proportion to its size (C-speed scans and decoding), so the
+event loop never stalls on a large body and no helper process is needed. The decoded image is
+held once, as the list of decoded slices, and joined once at the end.
+
+JSON is checked as ``json.loads`` would check it: the part of the document that is not the
+``data`` string (the *skeleton*, bounded in size) is kept and parsed at the end, and the ``data``
+string itself is checked as it streams (escapes, control characters). A document nested deeper
+than ``MAX_DEPTH`` is refused before anything is parsed, so no input can exhaust the stack.
+"""
+
+from __future__ import annotations
+
+import binascii
+import hashlib
+import json
+import re
+from typing import Final
+
+from resizer.errors import BadRequest, InvalidImage
+
+MAX_DEPTH: Final = 32
+MAX_SKELETON_BYTES: Final = 64 * 1024
+"""The JSON around ``data`` (other fields, whitespace) is small in any honest request."""
+
+_SHAPE = 'the body must be a JSON object like {"data": "<base64>"}'
+_WHITESPACE: Final = b" \t\r\n\x0b\x0c"
+_JSON_WHITESPACE: Final = frozenset(b" \t\r\n")
+# Inside the data string: the end of the string, an escape, or what JSON forbids unescaped.
+_STRING_SPECIAL: Final = re.compile(rb'["\\\x00-\x1f]')
+_DATA_URL: Final = re.compile(rb"^data:[\w.+/-]*(?:;[\w=.+-]+)*;base64,", re.IGNORECASE)
+_DATA_URL_MAX: Final = 256
+_ESCAPES: Final = {
+    ord("/"): b"/",
+    ord("\\"): b"\\",
+    ord('"'): b'"',
+    ord("b"): b"\b",
+    ord("f"): b"\f",
+    ord("n"): b"\n",
+    ord("r"): b"\r",
+    ord("t"): b"\t",
+}
+
+
+class RawUpload:
+    """A body that is the image itself."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self._hash = hashlib.sha256()
+
+    def feed(self, chunk: bytes) -> None:
+        self._parts.append(chunk)
+        self._hash.update(chunk)
+
+    def finish(self) -> tuple[bytes, str]:
+        """The image and its SHA-256 (hex)."""
+        data = b"".join(self._parts)
+        self._parts.clear()
+        if not data:
+            raise InvalidImage("the body is empty: send the image's bytes")
+        return data, self._hash.hexdigest()
+
+
+class _Base64:
+    """Strict base64, decoded in slices as it arrives; whitespace and a ``data:`` URL prefix
+    tolerated (as ``base64`` wraps lines and browsers write data URLs)."""
+
+    def __init__(self) -> None:
+        self._head = bytearray()  # the first characters, until we know if a prefix is there
+        self._head_done = False
+        self._pending = b""  # the characters not decoded yet: 4 to 7 of them, at most
+        self._parts: list[bytes] = []
+        self._hash = hashlib.sha256()
+        self.error: InvalidImage | None = None
+
+    def feed(self, text: bytes) -> None:
+        if self.error is not None or not text:
+            return
+        if not text.isascii():
+            self.error = InvalidImage('"data" is not base64: it has non-ASCII characters')
+            return
+        text = text.translate(None, _WHITESPACE)
+        if not self._head_done:
+            self._head += text
+            if len(self._head) < _DATA_URL_MAX:
+                return
+            text = self._take_head()
+        self._decode(text)
+
+    def _take_head(self) -> bytes:
+        self._head_done = True
+        head = bytes(self._head)
+        self._head.clear()
+        match = _DATA_URL.match(head)
+        return head[match.end() :] if match else head
+
+    def _decode(self, text: bytes) -> None:
+        # The last quantum waits for the end: only then is its padding (or what follows it)
+        # judged, exactly as one decode of the whole string would judge it.
+        text = self._pending + text
+        usable = max(0, len(text) - len(text) % 4 - 4)
+        self._pending = text[usable:]
+        if not usable:
+            return
+        if b"=" in text[usable - 2 : usable]:
+            self.error = InvalidImage('"data" is not valid base64: Excess data after padding')
+            return
+        try:
+            decoded = binascii.a2b_base64(text[:usable], strict_mode=True)
+        except binascii.Error as exc:
+            self.error = InvalidImage(f'"data" is not valid base64: {exc}')
+            return
+        self._parts.append(decoded)
+        self._hash.update(decoded)
+
+    def finish(self) -> tuple[bytes, str]:
+        if not self._head_done:
+            self._decode(self._take_head())
+        if self.error is None and self._pending:
+            try:
+                decoded = binascii.a2b_base64(self._pending, strict_mode=True)
+            except binascii.Error as exc:
+                self.error = InvalidImage(f'"data" is not valid base64: {exc}')
+            else:
+                self._parts.append(decoded)
+                self._hash.update(decoded)
+        if self.error is not None:
+            raise self.error
+        data = b"".join(self._parts)
+        self._parts.clear()
+        if not data:
+            raise InvalidImage('"data" is empty')
+        return data, self._hash.hexdigest()
+
+
+class JsonUpload:
+    """A body ``{"data": "<base64>"}`` (other fields allowed and ignored)."""
+
+    def __init__(self) -> None:
+        self._skeleton = bytearray()
+        self._depth = 0
+        self._in_string = False  # in a string of the skeleton (a key or another field's value)
+        self._escaped = False
+        self._previous = ord(" ")  # the last byte outside strings that is not whitespace
+        self._expect_data = False  # the next value belongs to the top-level key "data"
+        self._key: bytearray | None = None  # the top-level key being read
+        self._last_key: bytes | None = None
+        self._in_data = False
+        self._data_seen = False
+        self._data_not_string = False
+        self._escape = b""  # an escape in the data string cut by a chunk boundary
+        self._base64 = _Base64()
+        self._done = False  # the top-level object closed
+
+    def feed(self, chunk: bytes) -> None:
+        if self._escape:
+            chunk, self._escape = self._escape + chunk, b""
+        i, end = 0, len(chunk)
+        while i < end:
+            i = self._feed_data(chunk, i) if self._in_data else self._feed_skeleton(chunk, i)
+
+    def _feed_data(self, chunk: bytes, i: int) -> int:
+        special = _STRING_SPECIAL.search(chunk, i)
+        if special is None:
+            self._base64.feed(chunk[i:])
+            return len(chunk)
+        j = special.start()
+        self._base64.feed(chunk[i:j])
+        char = chunk[j]
+        if char == ord('"'):
+            self._in_data = False
+            self._skeleton += b'"'
+            return j + 1
+        if char != ord("\\"):
+            raise BadRequest("the body is not valid JSON: a control character in a string")
+        if j + 1 >= len(chunk):
+            self._escape = chunk[j:]
+            return len(chunk)
+        kind = chunk[j + 1]
+        if kind == ord("u"):
+            if j + 6 > len(chunk):
+                self._escape = chunk[j:]
+                return len(chunk)
+            try:
+                code = int(chunk[j + 2 : j + 6], 16)
+            except ValueError:
+                raise BadRequest("the body is not valid JSON: a bad \\u escape") from None
+            self._base64.feed(chr(code).encode("utf-8", "surrogatepass"))
+            return j + 6
+        if kind not in _ESCAPES:
+            raise BadRequest("the body is not valid JSON: a bad escape in a string")
+        self._base64.feed(_ESCAPES[kind])
+        return j + 2
+
+    def _feed_skeleton(self, chunk: bytes, i: int) -> int:
+        """Walk the JSON outside the data string, one byte at a time (it is small)."""
+        end = len(chunk)
+        while i < end:
+            char = chunk[i]
+            if self._done:
+                if char not in _JSON_WHITESPACE:
+                    raise BadRequest("the body is not valid JSON: data after the object")
+                i += 1
+                continue
+            self._skeleton.append(char)
+            if len(self._skeleton) > MAX_SKELETON_BYTES:
+                raise BadRequest(
+                    f'the JSON around "data" is over {MAX_SKELETON_BYTES // 1024} KiB: {_SHAPE}'
+                )
+            i += 1
+            if self._in_string:
+                if self._key is not None and not (char == ord('"') and not self._escaped):
+                    self._key.append(char)
+                if self._escaped:
+                    self._escaped = False
+                elif char == ord("\\"):
+                    self._escaped = True
+                elif char == ord('"'):
+                    self._in_string = False
+                    if self._key is not None:
+                        self._last_key, self._key = self._decode_key(self._key), None
+                continue
+            if self._expect_data and char not in _JSON_WHITESPACE:
+                self._expect_data = False
+                if char == ord('"'):
+                    if self._data_seen:
+                        raise BadRequest('"data" appears twice in the body')
+                    self._data_seen = self._in_data = True
+                    self._previous = char
+                    return i
+                self._data_not_string = True
+            if char in _JSON_WHITESPACE:
+                continue
+            previous, self._previous = self._previous, char
+            if self._depth == 0 and char != ord("{"):
+                raise BadRequest(f"the body is not valid JSON for this API: {_SHAPE}")
+            if char == ord('"'):
+                self._in_string = True
+                # At the top level, a string that follows { or , is a key.
+                if self._depth == 1 and previous in b"{,":
+                    self._key = bytearray()
+            elif char in b"{[":
+                self._depth += 1
+                if self._depth > MAX_DEPTH:
+                    raise BadRequest(f"the body is nested deeper than {MAX_DEPTH} levels")
+            elif char in b"}]":
+                self._depth -= 1
+                if self._depth == 0:
+                    self._done = True
+            elif char == ord(":") and self._depth == 1 and self._last_key == b"data":
+                self._expect_data = True
+        return i
+
+    @staticmethod
+    def _decode_key(raw: bytearray) -> bytes:
+        if b"\\" not in raw:
+            return bytes(raw)
+        try:
+            return str(json.loads(b'"' + raw + b'"')).encode()
+        except ValueError:
+            return bytes(raw)  # json.loads of the skeleton reports it at the end
+
+    def finish(self) -> tuple[bytes, str]:
+        """The image and its SHA-256 (hex); the JSON's errors (400) before the image's (422)."""
+        if self._in_data or self._escape or not self._done:
+            raise BadRequest("the body is not valid JSON: it ends before the object closes")
+        try:
+            payload = json.loads(self._skeleton)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BadRequest(f"the body is not valid JSON: {exc}") from None
+        if not isinstance(payload, dict):
+            raise BadRequest(_SHAPE)
+        if "data" not in payload:
+            raise BadRequest('"data" must be a string of base64: required field missing')
+        if self._data_not_string or not isinstance(payload["data"], str):
+            raise BadRequest('"data" must be a string of base64')
+        return self._base64.finish()
