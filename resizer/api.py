@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import functools
 import hmac
+import json
 import mimetypes
 import time
 import uuid
@@ -23,6 +25,7 @@ from resizer import imaging, openapi
 from resizer.config import Settings
 from resizer.errors import (
     BadRequest,
+    ImageGone,
     PayloadTooLarge,
     RequestTimeout,
     ResizerError,
@@ -54,6 +57,7 @@ SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
 COMPLETIONS = web.AppKey("completions", Completions)
 METRICS = web.AppKey("metrics", Metrics)
+REQUEST_ID = web.RequestKey("request_id", str)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -99,7 +103,7 @@ def _http_error_response(request: web.Request, exc: web.HTTPException) -> web.Re
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The one place where errors become HTTP responses, and where each request is logged."""
-    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    request_id = request[REQUEST_ID] = request.headers.get("X-Request-Id") or uuid.uuid4().hex
     started = time.perf_counter()
     with structlog.contextvars.bound_contextvars(request_id=request_id):
         try:
@@ -115,8 +119,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                 error = ResizerError("internal error; it has been logged")
             response = error_response(error.status, error.code, error.message)
             if error.closes_connection:
-                await _send_and_close(request, response, request_id)
-        _finish_headers(response, request_id)
+                await _send_and_close(request, response)
 
         resource = request.match_info.route.resource
         # The route template, never the raw path: metric labels must stay few.
@@ -133,20 +136,18 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return response
 
 
-def _finish_headers(response: web.StreamResponse, request_id: str) -> None:
-    if response.prepared:
-        return
-    response.headers["X-Request-Id"] = request_id
+async def _common_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Headers of every answer, streamed ones included (``on_response_prepare``)."""
+    response.headers["X-Request-Id"] = request[REQUEST_ID]
     # Originals are served as their owner uploaded them: a browser must not guess their type.
     response.headers["X-Content-Type-Options"] = "nosniff"
     if response.status == 401:
         response.headers["WWW-Authenticate"] = "Bearer"
 
 
-async def _send_and_close(request: web.Request, response: web.Response, request_id: str) -> None:
+async def _send_and_close(request: web.Request, response: web.Response) -> None:
     """Answer, then close the connection at once: aiohttp would otherwise keep reading what
     is left of a stalled body for its lingering time."""
-    _finish_headers(response, request_id)
     response.force_close()
     await response.prepare(request)
     await response.write_eof()
@@ -278,34 +279,16 @@ async def delete_task(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-async def get_image(request: web.Request) -> web.Response:
+async def get_image(request: web.Request) -> web.StreamResponse:
     task_id = request.match_info["task_id"]
-    raw_size = request.query.get("size")
-    if raw_size is None:
-        raise BadRequest("the query parameter size is required: one of original, 64, 32")
-    try:
-        size = ImageSize(raw_size)
-    except ValueError:
-        raise BadRequest(f"size must be one of original, 64, 32; got {raw_size!r}") from None
-    task, image = await request.app[STORE].get_task_and_image(task_id, size)
-    if task is None:
-        raise TaskNotFound(f"no task {task_id!r} (unknown, or its retention expired)")
+    size = _image_size(request)
+    store = request.app[STORE]
     raw = _wants_raw(request)
     if size is ImageSize.ORIGINAL:
-        if image is None:
-            raise TaskNotFound(f"the original image of task {task_id!r} has expired")
-        if raw:
-            return _raw_image(request, task, size, image)
-        encoded = await asyncio.to_thread(binascii.b2a_base64, image, newline=False)
-        view = ImageView(
-            id=task.id,
-            size=size,
-            width=task.original.width,
-            height=task.original.height,
-            format=task.original.format,
-            data=encoded.decode(),
-        )
-        return json_response(view)
+        return await _send_original(request, await _find_task(store, task_id), raw)
+    task, image = await store.get_task_and_image(task_id, size)
+    if task is None:
+        raise TaskNotFound(f"no task {task_id!r} (unknown, or its retention expired)")
     if task.status is not TaskStatus.DONE or image is None or task.result_format is None:
         raise TaskNotReady(
             f"task {task_id!r} is {task.status.value}; the {size.value}x{size.value} image "
@@ -325,6 +308,99 @@ async def get_image(request: web.Request) -> web.Response:
     return json_response(view)
 
 
+def _image_size(request: web.Request) -> ImageSize:
+    raw_size = request.query.get("size")
+    choices = ", ".join(s.value for s in ImageSize)
+    if raw_size is None:
+        raise BadRequest(f"the query parameter size is required: one of {choices}")
+    try:
+        return ImageSize(raw_size)
+    except ValueError:
+        raise BadRequest(f"size must be one of {choices}; got {raw_size!r}") from None
+
+
+# Read from Redis and written to the client a piece at a time, so a client that reads slowly (or
+# not at all) costs the server one piece, not the image. A multiple of 3: whole base64 quanta.
+_PIECE = 3 * 64 * 1024
+
+
+async def _send_original(request: web.Request, task: Task, raw: bool) -> web.StreamResponse:
+    store = request.app[STORE]
+    length = await store.original_length(task)
+    if length == 0:
+        raise ImageGone(
+            f"the original image of task {task.id!r} is no longer kept (its retention ran out); "
+            "the resized sizes may still be"
+        )
+    if raw:
+        headers = _cache_headers(task, ImageSize.ORIGINAL)
+        if _not_modified(request, headers):
+            return web.Response(status=304, headers=headers)
+        response = web.StreamResponse(headers=headers)
+        response.content_type = _content_type(task.original.format)
+        response.content_length = length
+        encode = None
+        prefix = suffix = b""
+    else:
+        envelope = ImageView(
+            id=task.id,
+            size=ImageSize.ORIGINAL,
+            width=task.original.width,
+            height=task.original.height,
+            format=task.original.format,
+            data="",
+        )
+        text = json.dumps(converter.unstructure(envelope)).encode()
+        prefix, suffix = text[: -len(b'"}')], b'"}'  # the data string is written in between
+        response = web.StreamResponse()
+        response.content_type = "application/json"
+        response.content_length = len(prefix) + 4 * -(-length // 3) + len(suffix)
+        encode = functools.partial(binascii.b2a_base64, newline=False)
+    await response.prepare(request)
+    writer = _Writer(request, response, request.app[SETTINGS].body_timeout_seconds)
+    try:
+        await writer.write(prefix)
+        for start in range(0, length, _PIECE):
+            piece = await store.read_original(task, start, min(start + _PIECE, length))
+            if len(piece) != min(_PIECE, length - start):
+                # Expired while being sent: cut the connection; the client sees a short body.
+                log.warning("response.truncated", task_id=task.id, sent=start, length=length)
+                writer.abort()
+                return response
+            await writer.write(piece if encode is None else encode(piece))
+        await writer.write(suffix)
+        await response.write_eof()
+    except ClientStalled:
+        pass  # logged and aborted by the writer
+    return response
+
+
+class _Writer:
+    """Writes with a deadline: a client that stops reading for the body timeout is dropped."""
+
+    def __init__(self, request: web.Request, response: web.StreamResponse, timeout: float) -> None:
+        self._request, self._response, self._timeout = request, response, timeout
+
+    async def write(self, data: bytes) -> None:
+        if not data:
+            return
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._response.write(data)
+        except TimeoutError:
+            log.warning("response.abandoned", reason="the client stopped reading")
+            self.abort()
+            raise ClientStalled from None
+
+    def abort(self) -> None:
+        if self._request.transport is not None:
+            self._request.transport.abort()
+
+
+class ClientStalled(Exception):
+    """The client stopped reading its answer; its connection is closed."""
+
+
 def _wants_raw(request: web.Request) -> bool:
     """``?raw=1``, or an ``Accept`` that asks for an image rather than JSON."""
     if request.query.get("raw") in ("1", "true", "yes"):
@@ -334,15 +410,24 @@ def _wants_raw(request: web.Request) -> bool:
 
 
 def _raw_image(request: web.Request, task: Task, size: ImageSize, data: bytes) -> web.Response:
-    fmt = task.original.format if size is ImageSize.ORIGINAL else task.result_format or "png"
+    headers = _cache_headers(task, size)
+    if _not_modified(request, headers):
+        return web.Response(status=304, headers=headers)
+    fmt = task.result_format or "png"
+    return web.Response(body=data, content_type=_content_type(fmt), headers=headers)
+
+
+def _cache_headers(task: Task, size: ImageSize) -> dict[str, str]:
     # The content of a task's image never changes: its digest and size name it for good.
     etag = f'"{task.digest[:32]}-{size.value}"'
-    headers = {"ETag": etag, "Cache-Control": "public, max-age=31536000, immutable"}
     if size is ImageSize.ORIGINAL:
-        headers["Cache-Control"] = "private, max-age=3600"
-    if etag in {t.strip() for t in request.headers.get("If-None-Match", "").split(",")}:
-        return web.Response(status=304, headers=headers)
-    return web.Response(body=data, content_type=_content_type(fmt), headers=headers)
+        return {"ETag": etag, "Cache-Control": "private, max-age=3600"}
+    return {"ETag": etag, "Cache-Control": "public, max-age=31536000, immutable"}
+
+
+def _not_modified(request: web.Request, headers: dict[str, str]) -> bool:
+    wanted = {t.strip() for t in request.headers.get("If-None-Match", "").split(",")}
+    return headers["ETag"] in wanted
 
 
 def _content_type(fmt: str) -> str:
@@ -406,6 +491,7 @@ def make_app(settings: Settings, store: Store | None = None) -> web.Application:
             app[COMPLETIONS] = completions
             yield
 
+    app.on_response_prepare.append(_common_headers)
     app.cleanup_ctx.append(redis_pool)
     app.router.add_post("/tasks", create_task)
     app.router.add_get("/tasks/{task_id}", get_task)

@@ -59,6 +59,13 @@ class TaskNotFound(ResizerError):
     code = "not_found"
 
 
+class ImageGone(ResizerError):
+    """The task exists but this image's retention ran out."""
+
+    status = 410
+    code = "gone"
+
+
 class TaskNotReady(ResizerError):
     """A resized image was asked for before the task is DONE."""
 

@@ -177,6 +177,16 @@ class Store:
         assert part is not None, f"not a task id: {task_id!r}"
         return part
 
+    async def original_length(self, task: Task) -> int:
+        """The size of the task's original in bytes; 0 once its retention ran out."""
+        return int(await self.redis.strlen(self._part(task.id).blob(task.digest)))
+
+    async def read_original(self, task: Task, start: int, stop: int) -> bytes:
+        """Bytes ``start`` to ``stop`` (excluded) of the original, so a large one is sent in
+        pieces without being held whole; fewer if its retention ran out meanwhile."""
+        data = await self.redis.getrange(self._part(task.id).blob(task.digest), start, stop - 1)
+        return data.encode() if isinstance(data, str) else bytes(data)
+
     async def delete_task(self, task_id: str) -> bool:
         """Delete a task; its images go too unless another task was created for them.
 

@@ -597,3 +597,52 @@ async def test_a_stalled_body_is_answered_408_and_its_connection_closed(
     assert answer.startswith(b"HTTP/1.1 408")
     assert b"RESIZER_BODY_TIMEOUT" in answer
     assert held < 5, f"the connection was held {held:.1f} s"
+
+
+async def test_a_client_that_stops_reading_an_original_is_dropped(
+    aiohttp_server: Callable[[web.Application], Awaitable[Any]], real_settings: Settings
+) -> None:
+    import asyncio
+    import socket
+    import time
+
+    impatient = attrs.evolve(real_settings, body_timeout_seconds=0.5)
+    server = await aiohttp_server(make_app(impatient))
+    data = make_noise_image("PNG", size=1600)  # ~7.7 MB: more than the sockets can buffer
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (server.host, server.port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(
+        b"POST /tasks HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+        + f"Content-Length: {len(data)}\r\n\r\n".encode()
+        + data
+    )
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 201")
+    body = await reader.readexactly(int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0]))
+    task_id = json.loads(body)["id"]
+    writer.write(f"GET /tasks/{task_id}/image?size=original HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await writer.drain()
+    await asyncio.sleep(0)  # ... and never read the answer
+    started = time.monotonic()
+    while time.monotonic() - started < 10:
+        # The server aborts the connection; the client sees it only once it reads.
+        if server.handler.connections == []:
+            break
+        await asyncio.sleep(0.05)
+    assert server.handler.connections == [], "the stalled reader still holds its connection"
+    writer.close()
+
+
+async def test_a_large_original_streams_as_json_and_raw(client: Client) -> None:
+    data = make_noise_image("PNG", size=1200)  # ~4.3 MB: many pieces
+    response = await client.post("/tasks", data=data, headers={"Content-Type": "image/png"})
+    task_id = (await response.json())["id"]
+    as_json = await client.get(f"/tasks/{task_id}/image?size=original")
+    assert as_json.content_length == len(await as_json.read())
+    assert base64.b64decode((await as_json.json())["data"]) == data
+    raw = await client.get(f"/tasks/{task_id}/image?size=original&raw=1")
+    assert raw.headers["X-Content-Type-Options"] == "nosniff"
+    assert await raw.read() == data
