@@ -174,39 +174,73 @@ def up(
     workers: Annotated[
         int | None, typer.Option(min=1, help="Worker processes [default: number of cores].")
     ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where the embedded Redis keeps its data [default: ~/.local/share/resizer/redis]."
+        ),
+    ] = None,
+    ephemeral: Annotated[
+        bool, typer.Option(help="Keep nothing on disk: every task is gone when up stops.")
+    ] = False,
+    maxmemory: Annotated[
+        int | None,
+        typer.Option(min=1, help="Bytes the embedded Redis may hold [default: a quarter of RAM]."),
+    ] = None,
 ) -> None:
     """Run the whole service on this machine: Redis, the API, workers and recovery.
 
+    The embedded Redis keeps an append-only file in --data-dir (fsynced every second): stopping
+    or killing up and starting it again loses no task acknowledged more than a second earlier.
+
     Example: resizer up --port 8080 --workers 2
     """
-    from resizer.embedded import RedisServer
+    from resizer.embedded import (
+        DataDirInUse,
+        RedisServer,
+        default_data_dir,
+        default_maxmemory,
+    )
     from resizer.processes import Child, Supervisor, resizer_command
 
     obj: _Context = ctx.obj
     settings = obj.settings
     redis = None
+    children = []
     if not obj.redis_url_given:
-        redis = RedisServer().start()
+        redis = RedisServer(
+            directory=None if ephemeral else (data_dir or default_data_dir()),
+            persistent=not ephemeral,
+            maxmemory=maxmemory or default_maxmemory(),
+        )
+        try:
+            redis.start()
+        except DataDirInUse as exc:
+            typer.echo(f"resizer: {exc}", err=True)
+            raise typer.Exit(2) from None
         settings = attrs.evolve(settings, redis_url=redis.url)
+        # Supervised like the others: restarted if it dies, stopped last.
+        children.append(Child("redis", redis.argv, stop_grace=10.0, proc=redis.proc))
     count = workers or os.cpu_count() or 1
     grace = settings.lease_seconds + 5
-    children = [
+    children[:0] = [
         *(Child(f"worker-{i}", resizer_command("work"), grace) for i in range(count)),
         Child(
             "recover", resizer_command("recover", "--every", str(settings.recover_every_seconds))
         ),
         Child("web", resizer_command("serve", "--host", host, "--port", str(port))),
     ]
+    where = "in memory only" if ephemeral else f"data in {redis.directory}" if redis else ""
     typer.echo(
-        f"resizer is up: http://{host}:{port}  (redis {settings.redis_url}, {count} workers)"
-        "  Ctrl-C stops it.",
+        f"resizer is up: http://{host}:{port}  (redis {settings.redis_url} {where},"
+        f" {count} workers)  Ctrl-C stops it.",
         err=True,
     )
     try:
         code = Supervisor(children, settings.to_env()).run()
     finally:
         if redis is not None:
-            redis.stop()
+            redis.release()
     raise typer.Exit(code)
 
 

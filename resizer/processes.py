@@ -94,7 +94,11 @@ class Supervisor:
         signal.signal(signal.SIGINT, self.request_stop)
         try:
             for child in self.children:
-                self._start(child)
+                if child.proc is None:
+                    self._start(child)
+                else:  # started by the caller (up's Redis, which must answer first)
+                    child.started_at = time.monotonic()
+                    log.info("child.started", child=child.name, pid=child.proc.pid)
             while not self._stop.wait(0.2):
                 self._restart_dead()
         finally:

@@ -75,6 +75,7 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
     port = free_port()
     log = tmp_path_factory.mktemp("up") / "up.log"
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env["XDG_DATA_HOME"] = str(log.parent)  # up's default data directory, kept in the test's
     with log.open("wb") as out:
         proc = subprocess.Popen(
             resizer_command("up", "--port", str(port), "--workers", "2"),
