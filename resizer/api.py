@@ -485,6 +485,11 @@ def make_app(settings: Settings, store: Store | None = None) -> web.Application:
                 app[STORE] = await stack.enter_async_context(open_store(settings))
             else:
                 app[STORE] = store
+            try:
+                await app[STORE].check_memory_policy()
+            except REDIS_DOWN as exc:
+                # Workers and recovery check it too once Redis answers; the API need not wait.
+                log.warning("redis.policy_unchecked", error=str(exc))
             completions = Completions(app[STORE].redis, app[STORE].finished_channels)
             await completions.start()
             stack.push_async_callback(completions.stop)

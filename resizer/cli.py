@@ -10,7 +10,7 @@ import enum
 import json
 import os
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -103,15 +103,24 @@ def _settings(ctx: typer.Context) -> Settings:
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a client coroutine; any ResizerError becomes one line on stderr and exit code 1."""
+    """Run a coroutine; a ResizerError becomes one line on stderr and its exit code."""
     try:
         return asyncio.run(coro)
     except ResizerError as exc:
         typer.echo(f"resizer: {exc.message}", err=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(exc.exit_code) from None
 
 
 # --- service commands ---------------------------------------------------------------------------
+
+
+def _serve(run: Callable[[], None]) -> None:
+    """Run a service; a refusal to run (ResizerError) is one line on stderr and its exit code."""
+    try:
+        run()
+    except ResizerError as exc:
+        typer.echo(f"resizer: {exc.message}", err=True)
+        raise typer.Exit(exc.exit_code) from None
 
 
 @app.command()
@@ -123,7 +132,7 @@ def serve(
     """Run the JSON API.  Example: resizer serve --port 8080"""
     from resizer.api import serve as run_server
 
-    run_server(_settings(ctx), host, port)
+    _serve(lambda: run_server(_settings(ctx), host, port))
 
 
 @app.command()
@@ -139,7 +148,7 @@ def work(
     if processes == 1:
         from resizer.worker import serve_worker
 
-        asyncio.run(serve_worker(settings))
+        _serve(lambda: asyncio.run(serve_worker(settings)))
         return
     from resizer.processes import Child, Supervisor, resizer_command
 

@@ -14,6 +14,8 @@ class ResizerError(Exception):
     code: str = "internal"
     closes_connection: bool = False
     """The answer is the last thing sent on its connection (the client misbehaved)."""
+    exit_code: int = 1
+    """The ``resizer`` command's exit code when this error ends it."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -92,6 +94,13 @@ class StorageFull(ResizerError):
 
     status = 507
     code = "storage_full"
+
+
+class EvictingRedis(ResizerError):
+    """Redis may evict keys under memory pressure: queued tasks would silently vanish."""
+
+    code = "evicting_redis"
+    exit_code = 2
 
 
 class ApiError(ResizerError):

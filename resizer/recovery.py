@@ -35,9 +35,13 @@ async def run_recovery(settings: Settings, every: float | None, say: Callable[[s
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     backoff = Backoff()
+    checked = False
     async with open_store(settings) as store:
         while True:
             try:
+                if not checked:
+                    await store.check_memory_policy()
+                    checked = True
                 report = await recover_once(store)
                 say(
                     f"recovered: {len(report.requeued)} re-queued, "

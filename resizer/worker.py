@@ -43,9 +43,13 @@ class Worker:
         """Process tasks until ``stop`` is set (the task in hand is always finished first)."""
         backoff = Backoff()
         next_recovery = 0.0
+        checked = False
         log.info("worker.started", worker=self.name)
         while not stop.is_set() and (max_tasks is None or self.processed < max_tasks):
             try:
+                if not checked:
+                    await self.store.check_memory_policy()
+                    checked = True
                 if time.monotonic() >= next_recovery:
                     await recover_once(self.store)
                     next_recovery = time.monotonic() + self.settings.recover_every_seconds

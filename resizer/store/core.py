@@ -46,8 +46,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis.asyncio as aioredis
+import redis.exceptions
+import structlog
 
 from resizer.config import Settings
+from resizer.errors import EvictingRedis
 from resizer.models import (
     DURATION_BUCKETS,
     Claim,
@@ -64,6 +67,8 @@ from resizer.store.completions import Signal
 from resizer.store.connection import client_for
 from resizer.store.keys import Partition
 from resizer.store.scripts import Script
+
+log = structlog.get_logger("resizer.store")
 
 _LEADER_FIELDS = ("status", "updated_at", "error", "result_format")
 
@@ -418,6 +423,24 @@ class Store:
 
     async def ping(self) -> None:
         await self.redis.ping()
+
+    async def check_memory_policy(self) -> None:
+        """Refuse a Redis that may evict keys: queued tasks would vanish without a trace.
+
+        Raises EvictingRedis; logs a warning where the server does not let us read its
+        configuration (some managed services refuse CONFIG GET).
+        """
+        try:
+            config = await self.redis.config_get("maxmemory-policy")
+        except redis.exceptions.ResponseError as exc:
+            log.warning("redis.policy_unchecked", error=str(exc), setting="maxmemory-policy")
+            return
+        policy = _text(next(iter(config.values()), None) or b"noeviction")
+        if policy != "noeviction":
+            raise EvictingRedis(
+                f"Redis has maxmemory-policy {policy}: under memory pressure it would drop queued "
+                "tasks; set maxmemory-policy noeviction"
+            )
 
     async def close(self) -> None:
         if self._work is not None:
