@@ -487,6 +487,7 @@ def make_app(settings: Settings, store: Store | None = None) -> web.Application:
                 app[STORE] = store
             try:
                 await app[STORE].check_memory_policy()
+                await app[STORE].load_scripts()
             except REDIS_DOWN as exc:
                 # Workers and recovery check it too once Redis answers; the API need not wait.
                 log.warning("redis.policy_unchecked", error=str(exc))

@@ -49,6 +49,7 @@ class Worker:
             try:
                 if not checked:
                     await self.store.check_memory_policy()
+                    await self.store.load_scripts()
                     checked = True
                 if time.monotonic() >= next_recovery:
                     await recover_once(self.store)

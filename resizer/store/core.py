@@ -89,6 +89,17 @@ class Store:
         self._recover = Script(client, "recover")
         self._adopt = Script(client, "adopt")
         self._delete = Script(client, "delete")
+        self._scripts = [
+            self._create,
+            self._claim,
+            self._renew,
+            self._complete,
+            self._release,
+            self._expired,
+            self._recover,
+            self._adopt,
+            self._delete,
+        ]
         self._next_partition = itertools.cycle(range(len(self.partitions)))
         self._work: Signal | None = None
 
@@ -423,6 +434,11 @@ class Store:
 
     async def ping(self) -> None:
         await self.redis.ping()
+
+    async def load_scripts(self) -> None:
+        """Load every script into Redis, so no request pays for a script's first call."""
+        for script in self._scripts:
+            await script.load()
 
     async def check_memory_policy(self) -> None:
         """Refuse a Redis that may evict keys: queued tasks would vanish without a trace.

@@ -41,7 +41,12 @@ class Script:
 
     def __init__(self, client: Any, name: str) -> None:
         self.name = name
+        self._client = client
         self._script = client.register_script(source(name))
+
+    async def load(self) -> None:
+        """Have Redis cache the script now rather than on its first call."""
+        await self._client.script_load(self._script.script)
 
     async def __call__(self, keys: list[Any], args: list[Any]) -> Any:
         try:
