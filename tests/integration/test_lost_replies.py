@@ -52,7 +52,9 @@ async def stalled(url: str, call: Callable[[], Awaitable[Any]]) -> Any:
     sleeper = aioredis.Redis.from_url(url, socket_timeout=10)
     probe = aioredis.Redis.from_url(url, socket_timeout=10)
     try:
-        sleeping = asyncio.create_task(sleeper.execute_command("DEBUG", "SLEEP", STALL))
+        sleeping = asyncio.create_task(
+            sleeper.execute_command("DEBUG", "SLEEP", STALL)  # type: ignore[no-untyped-call]
+        )
         # Wait until Redis is asleep: a PING then goes unanswered.
         while True:
             try:
