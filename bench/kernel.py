@@ -27,7 +27,7 @@ from PIL import Image
 from bench.timing import one_core
 from resizer import imaging, memory, pngdecode
 from resizer.models import SIZES
-from resizer.quality import planes_of, psnr, reference
+from tests.quality import planes_of, psnr, reference
 
 
 @attrs.frozen

@@ -13,7 +13,7 @@ UPRIGHT_QUADRANTS = ((230, 30, 30), (30, 200, 30), (30, 30, 230), (240, 220, 20)
 """Top-left, top-right, bottom-left, bottom-right of the upright test picture."""
 
 PRESS_INKS = {"C": (0, 174, 239), "M": (236, 0, 140), "Y": (255, 242, 0), "K": (35, 31, 32)}
-"""sRGB colours of process inks at 100% on white paper, for ``quality.cmyk_profile``."""
+"""sRGB colours of process inks at 100% on white paper, for ``tests.quality.cmyk_profile``."""
 
 
 def photo(size: int, grain: float = 0.0, seed: int = 0) -> Image.Image:

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image, ImageCms
 
 from resizer import cmyk, imaging
-from resizer.quality import cmyk_profile, gray_profile
+from tests.quality import cmyk_profile, gray_profile
 from tests.unit.imaging_samples import PRESS_INKS, photo
 
 ICC = cmyk_profile(PRESS_INKS)
@@ -110,7 +110,7 @@ BAND_MEMORY = """
 import sys
 from PIL import Image, ImageCms
 from resizer import cmyk
-from resizer.quality import cmyk_profile
+from tests.quality import cmyk_profile
 from tests.unit.imaging_samples import PRESS_INKS
 icc = cmyk_profile(PRESS_INKS)
 intent = ImageCms.Intent.PERCEPTUAL

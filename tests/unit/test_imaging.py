@@ -13,7 +13,7 @@ from PIL import Image, ImageChops, ImageDraw
 from resizer import cmyk, imaging
 from resizer.errors import ImageDecodeError, InvalidImage
 from resizer.models import Thumbnail
-from resizer.quality import (
+from tests.quality import (
     DISPLAY_P3_D50,
     SRGB_D50,
     cmyk_profile,

@@ -21,7 +21,7 @@ from PIL import Image, PngImagePlugin
 
 from resizer import imaging
 from resizer.errors import ImageDecodeError, InvalidImage
-from resizer.quality import DISPLAY_P3_D50, cmyk_profile, matrix_profile
+from tests.quality import DISPLAY_P3_D50, cmyk_profile, matrix_profile
 from tests.unit.imaging_samples import encode, exif_with_orientation, photo
 
 # Small enough that a mutated header cannot make one example allocate gigabytes.
