@@ -14,8 +14,8 @@ How a thumbnail is made, and why in this order (figures in BENCHMARKS.md):
    palettes become RGB(A) so they are filtered, not nearest-neighboured; 16-bit is scaled.
 3. ``reduce()`` by the largest integer factor that leaves ``_REDUCING_GAP`` times the largest
    target (an exact box filter, very cheap), then colour conversion to sRGB on that reduced image.
-   CMYK is the exception: its inks mix far from linearly, so it is converted first, on the whole
-   draft decode, by ``cmyk`` (a table sampled from the profile, ~4.5x faster than littlecms).
+   CMYK is the exception: its inks mix far from linearly, so littlecms converts it first, on the
+   whole draft decode.
 4. One LANCZOS to the largest size; the smaller sizes come from that result for opaque images
    (cheapest, >= 47 dB on the corpus) and from the intermediate for images with alpha (through
    the 64 they lose 1-4 dB: 41.7 dB on a hard-edged cut-out, under the bar).
@@ -44,7 +44,7 @@ from PIL import (
     WebPImagePlugin,
 )
 
-from resizer import cmyk, pngdecode
+from resizer import pngdecode
 from resizer.errors import ImageDecodeError, InvalidImage
 from resizer.models import SIZES, ImageInfo, Thumbnail
 
@@ -339,11 +339,7 @@ def _to_srgb(img: Image.Image, icc: bytes | None) -> Image.Image:
     if icc:
         transform = _transform_for(icc, img.mode)
         if transform is not None:
-            # CMYK runs on the whole draft decode (see make_thumbnails), where cmyk.py's table is
-            # much faster than littlecms. It declines (None) without numba; littlecms then does it.
-            converted = cmyk.to_srgb(img, icc, _INTENT) if img.mode == "CMYK" else None
-            if converted is None:
-                converted = ImageCms.applyTransform(img, transform)
+            converted = ImageCms.applyTransform(img, transform)
             if converted is not None:
                 img = converted
                 if img.mode in ("RGB", "RGBA") and _was_gray(icc):
@@ -384,9 +380,9 @@ def _transform_for(icc: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
             out_mode,
             renderingIntent=_INTENT,
             # Transforms are cached and shared; without littlecms's one-pixel cache, applying one
-            # is re-entrant, so threads may share it (and it measured no slower). For CMYK (when
-            # cmyk.py cannot run), the default 17^4 table is up to 16 levels off and misses the
-            # bar (41 dB) on saturated inks; the 23^4 one reaches 44 dB at the same speed.
+            # is re-entrant, so threads may share it (and it measured no slower). For CMYK the
+            # default 17^4 table is up to 16 levels off and misses the bar (41 dB) on saturated
+            # inks; the 23^4 one reaches 44 dB at the same speed per pixel.
             flags=ImageCms.Flags.NOCACHE
             | (ImageCms.Flags.HIGHRESPRECALC if in_mode == "CMYK" else ImageCms.Flags.NONE),
         )

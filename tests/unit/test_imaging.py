@@ -10,7 +10,7 @@ import time
 import pytest
 from PIL import Image, ImageChops, ImageDraw
 
-from resizer import cmyk, imaging
+from resizer import imaging
 from resizer.errors import ImageDecodeError, InvalidImage
 from resizer.models import Thumbnail
 from tests.quality import (
@@ -473,17 +473,6 @@ def test_thumbnails_reach_the_quality_bar(name: str) -> None:
         assert before >= 42, f"{name} {thumb.size}px pixels: {before:.1f} dB"
         assert after >= 36, f"{name} {thumb.size}px {fmt} file: {after:.1f} dB"
 
-
-@pytest.mark.parametrize("name", ["cmyk-scan-900.jpg", "gcr-scan-1500.jpg"])
-def test_cmyk_reaches_the_quality_bar_through_littlecms_too(
-    name: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Where numba cannot run, littlecms converts CMYK: the same bar holds.
-    monkeypatch.setattr(cmyk, "_kernel", lambda: None)
-    data = CASES[name]
-    _, pixels = imaging.thumbnail_images(data)
-    for img in pixels:
-        assert psnr(reference(data, img.width), planes_of(img)) >= 42, f"{name} {img.width}px"
 
 
 def test_the_quality_yardstick_can_fail() -> None:
