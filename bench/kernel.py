@@ -25,7 +25,7 @@ import attrs
 from PIL import Image
 
 from bench.timing import one_core
-from resizer import imaging, memory, pngdecode
+from resizer import budget, imaging, memory, pngdecode
 from resizer.models import SIZES
 from tests.quality import planes_of, psnr, reference
 
@@ -81,8 +81,7 @@ def floor(data: bytes) -> None:
         return
     with Image.open(io.BytesIO(data)) as img:
         if img.format in ("JPEG", "MPO"):
-            factor = imaging._DRAFT_FACTOR_CMYK if img.mode == "CMYK" else imaging._DRAFT_FACTOR
-            wanted = SIZES[0] * factor
+            wanted = budget.jpeg_draft_request(img.mode, SIZES[0])
             img.draft(img.mode, (wanted, wanted))
             imaging._whole_file_at_once(img, data)
         img.load()

@@ -10,7 +10,7 @@ import time
 import pytest
 from PIL import Image, ImageChops, ImageDraw
 
-from resizer import imaging
+from resizer import header, imaging
 from resizer.errors import ImageDecodeError, InvalidImage
 from resizer.models import Thumbnail
 from tests.quality import (
@@ -313,7 +313,7 @@ def test_palette_with_transparency_keeps_alpha() -> None:
 
 def test_alpha_is_composited_on_white_for_jpeg(monkeypatch: pytest.MonkeyPatch) -> None:
     # No JPEG input has alpha, so route a transparent PNG to JPEG output to exercise the path.
-    monkeypatch.setitem(imaging._ALIASES, "png", "jpeg")
+    monkeypatch.setitem(header._ALIASES, "png", "jpeg")
     fmt, images = imaging.thumbnail_images(encode(_cutout(), "PNG"))
     assert fmt == "jpeg"
     for img in images:
@@ -472,7 +472,6 @@ def test_thumbnails_reach_the_quality_bar(name: str) -> None:
         after = psnr(ref, planes_of(decoded(thumb)))
         assert before >= 42, f"{name} {thumb.size}px pixels: {before:.1f} dB"
         assert after >= 36, f"{name} {thumb.size}px {fmt} file: {after:.1f} dB"
-
 
 
 def test_the_quality_yardstick_can_fail() -> None:
