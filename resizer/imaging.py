@@ -30,7 +30,10 @@ How a thumbnail is made, and why in this order (figures in BENCHMARKS.md):
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
 from PIL import Image, ImageCms, ImageFile, UnidentifiedImageError
@@ -282,9 +285,8 @@ def _to_srgb(img: Image.Image, icc: bytes | None) -> Image.Image:
         if transform is not None:
             converted = ImageCms.applyTransform(img, transform)
             if converted is not None:
-                img = converted
-                if img.mode in ("RGB", "RGBA") and _was_gray(icc):
-                    img = img.convert("LA" if img.mode == "RGBA" else "L")
+                # Only a grey profile converts an L image, to RGB: the result stays grey.
+                img = converted.convert("L") if img.mode == "L" else converted
     if img.mode == "CMYK":
         # Pillow's CMYK->RGB is the multiplicative (255-C)(255-K)/255 that browsers use for
         # untagged CMYK.
@@ -292,52 +294,81 @@ def _to_srgb(img: Image.Image, icc: bytes | None) -> Image.Image:
     return img
 
 
-@functools.lru_cache(maxsize=32)
+class _TransformCache:
+    """Colour transforms by the SHA-256 of their profile and the image mode, the least recently
+    used dropped first. It holds no profile: a key is 32 bytes whatever the profile's size."""
+
+    def __init__(self, entries: int) -> None:
+        self.entries = entries
+        self._transforms: OrderedDict[tuple[bytes, str], ImageCms.ImageCmsTransform] = OrderedDict()
+        self._lock = threading.Lock()  # the worker decodes in a thread; tests and bench in many
+
+    def get(self, key: tuple[bytes, str]) -> ImageCms.ImageCmsTransform | None:
+        with self._lock:
+            transform = self._transforms.get(key)
+            if transform is not None:
+                self._transforms.move_to_end(key)
+            return transform
+
+    def put(self, key: tuple[bytes, str], transform: ImageCms.ImageCmsTransform) -> None:
+        with self._lock:
+            self._transforms[key] = transform
+            self._transforms.move_to_end(key)
+            while len(self._transforms) > self.entries:
+                self._transforms.popitem(last=False)
+
+    def keys(self) -> list[tuple[bytes, str]]:
+        with self._lock:
+            return list(self._transforms)
+
+
+# Building a transform takes up to 60 ms (a CMYK profile's 23^4 table) and images carry the same
+# few profiles: worth caching. A CMYK transform holds ~1.5 MiB, hence few entries. Keys hold no
+# profile, so large ones cost nothing to cache, and press profiles (several hundred KB to ~2 MB)
+# must be: only profiles no real one reaches are converted uncached. Invalid or mismatched
+# profiles are not cached: they cost a parse, and cannot push real transforms out.
+_TRANSFORMS = _TransformCache(entries=16)
+_MAX_CACHED_PROFILE_BYTES = 4 * 2**20
+
+
 def _transform_for(icc: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
-    # Parsing a profile and building a transform costs about a millisecond; phones embed the same
-    # few profiles in every photo, so a small cache keyed by the profile's bytes pays off.
+    if len(icc) > _MAX_CACHED_PROFILE_BYTES:
+        return _build_transform(icc, mode)
+    key = (hashlib.sha256(icc).digest(), mode)
+    transform = _TRANSFORMS.get(key)
+    if transform is None:
+        transform = _build_transform(icc, mode)
+        if transform is not None:
+            _TRANSFORMS.put(key, transform)
+    return transform
+
+
+def _build_transform(icc: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
+    """The transform from ``icc`` to sRGB for an image in ``mode``, or None if the profile is
+    malformed or is not for this kind of image."""
     try:
         profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
         space = profile.profile.xcolor_space.strip()
-        if mode in ("L", "LA"):
-            if space != "GRAY":
-                return None
-            out_mode = "RGBA" if mode == "LA" else "RGB"
-            in_mode = mode
-        else:
-            expected = {"RGB": "RGB", "RGBA": "RGB", "CMYK": "CMYK"}.get(mode)
-            if expected != space:
-                return None
-            in_mode = mode
-            out_mode = "RGBA" if mode == "RGBA" else "RGB"
-        if in_mode == "LA":
-            # littlecms has no gray+alpha layout in Pillow; gray ICC with alpha is rare enough
-            # to keep as stored.
+        # littlecms has no gray+alpha layout in Pillow; gray ICC with alpha is rare enough to
+        # keep as stored.
+        expected = {"L": "GRAY", "RGB": "RGB", "RGBA": "RGB", "CMYK": "CMYK"}.get(mode)
+        if expected is None or space != expected:
             return None
         return ImageCms.buildTransform(
             profile,
             _srgb(),
-            in_mode,
-            out_mode,
+            mode,
+            "RGBA" if mode == "RGBA" else "RGB",
             renderingIntent=_INTENT,
             # Transforms are cached and shared; without littlecms's one-pixel cache, applying one
             # is re-entrant, so threads may share it (and it measured no slower). For CMYK the
             # default 17^4 table is up to 16 levels off and misses the bar (41 dB) on saturated
             # inks; the 23^4 one reaches 44 dB at the same speed per pixel.
             flags=ImageCms.Flags.NOCACHE
-            | (ImageCms.Flags.HIGHRESPRECALC if in_mode == "CMYK" else ImageCms.Flags.NONE),
+            | (ImageCms.Flags.HIGHRESPRECALC if mode == "CMYK" else ImageCms.Flags.NONE),
         )
     except Exception:
         return None
-
-
-@functools.lru_cache(maxsize=32)
-def _was_gray(icc: bytes) -> bool:
-    try:
-        space = ImageCms.ImageCmsProfile(io.BytesIO(icc)).profile.xcolor_space.strip()
-    except Exception:
-        return False
-    return bool(space == "GRAY")
 
 
 @functools.cache

@@ -4,8 +4,10 @@ against a float reference, and hostile input."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import time
+import tracemalloc
 
 import pytest
 from PIL import Image, ImageChops, ImageDraw
@@ -590,3 +592,76 @@ def test_gray_icc_profile_is_converted_and_stays_gray() -> None:
     for img in thumbs(data).values():
         assert img.mode == "L"
         assert close(pixel(img, (img.width // 2,) * 2), (188,), 3)
+
+
+# --- the colour transform cache -------------------------------------------------------------
+
+_PERMUTED = matrix_profile((SRGB_D50[2], SRGB_D50[0], SRGB_D50[1]), "permuted")
+
+
+@pytest.fixture
+def transforms(monkeypatch: pytest.MonkeyPatch) -> imaging._TransformCache:
+    """An empty cache of 4 entries in place of the process's (other tests fill that one)."""
+    cache = imaging._TransformCache(entries=4)
+    monkeypatch.setattr(imaging, "_TRANSFORMS", cache)
+    return cache
+
+
+def test_a_profile_seen_again_reuses_its_transform(
+    transforms: imaging._TransformCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built: list[str] = []
+    build = imaging._build_transform
+
+    def counted(icc: bytes, mode: str) -> object:
+        built.append(mode)
+        return build(icc, mode)
+
+    monkeypatch.setattr(imaging, "_build_transform", counted)
+    for red in (200, 150, 100):
+        data = encode(_solid("RGB", (red, 120, 40)), "PNG", icc_profile=_PERMUTED)
+        assert close(pixel(thumbs(data)[64], (32, 32)), (120, 40, red), 3)
+    assert built == ["RGB"]
+
+
+def test_the_cache_is_bounded_and_keyed_by_the_profiles_digest(
+    transforms: imaging._TransformCache,
+) -> None:
+    for n in range(10):
+        # Distinct profiles, 50 KB each (a long description).
+        profile = matrix_profile(SRGB_D50, f"profile {n} " + "x" * 50_000)
+        thumbs(encode(_solid("RGB", (200, 120, 40), 64), "PNG", icc_profile=profile))
+    keys = transforms.keys()
+    assert len(keys) == transforms.entries
+    assert all(len(digest) == 32 and mode == "RGB" for digest, mode in keys)
+
+
+def test_junk_profiles_are_not_cached_and_hold_no_memory(
+    transforms: imaging._TransformCache,
+) -> None:
+    # The issue's case: JPEGs carrying distinct 8 MB junk profiles. A cache keyed by the bytes
+    # kept every one of them (80 MB for ten).
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(10):
+            junk = bytes([n]) * (8 * 2**20)
+            data = encode(_solid("RGB", (200, 120, 40), 64), "JPEG", icc_profile=junk)
+            assert close(pixel(thumbs(data)[64], (32, 32)), (200, 120, 40), 4)  # ignored
+        del junk, data
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 2**20, held
+    assert transforms.keys() == []
+
+
+def test_a_profile_over_the_size_limit_is_converted_uncached(
+    transforms: imaging._TransformCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(imaging, "_MAX_CACHED_PROFILE_BYTES", len(_PERMUTED) - 1)
+    data = encode(_solid("RGB", (200, 120, 40)), "PNG", icc_profile=_PERMUTED)
+    assert close(pixel(thumbs(data)[64], (32, 32)), (120, 40, 200), 3)
+    assert transforms.keys() == []
