@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import gc
 import io
+import subprocess
+import sys
 import time
 import tracemalloc
 
@@ -665,3 +667,17 @@ def test_a_profile_over_the_size_limit_is_converted_uncached(
     data = encode(_solid("RGB", (200, 120, 40)), "PNG", icc_profile=_PERMUTED)
     assert close(pixel(thumbs(data)[64], (32, 32)), (120, 40, 200), 3)
     assert transforms.keys() == []
+
+
+def test_the_header_check_imports_no_pixel_stack() -> None:
+    # The web process imports resizer.header: numpy and imagecodecs are the worker's alone.
+    check = (
+        "import sys, resizer.header; print('numpy' in sys.modules, 'imagecodecs' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+    pipeline = check.replace("resizer.header", "resizer.imaging")
+    out = subprocess.run(
+        [sys.executable, "-c", pipeline], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["True", "True"]  # the check above can tell
