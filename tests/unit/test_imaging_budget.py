@@ -244,6 +244,8 @@ def test_one_pixel_more_is_refused_before_decoding(
 def test_the_budget_is_what_limits_most_files(measured: dict[str, Measured]) -> None:
     # Otherwise the tests above would mostly be checking the pixel cap (which limits the plain
     # JPEGs, whose draft decode is small, and 1-bit and grey images).
+    if 128 * MiB < BUDGET:
+        pytest.skip("over 128 MiB, the 50 MP pixel cap limits most formats before the budget")
     limited = [name for name, m in measured.items() if m.over_budget]
     assert len(limited) >= len(CASES) * 2 // 3, limited
 
