@@ -36,10 +36,8 @@ MiB = 2**20
 
 DEFAULT_MAX_DECODE_BYTES = 512 * MiB
 """The default of RESIZER_MAX_DECODE_BYTES. A worker container gets 1 GiB (docker-compose.yml,
-deploy/k8s); besides the decode it holds its idle process (~80 MiB), the original and a copy (up
-to 24 MiB each) and the freed heap malloc keeps (up to 128 MiB, resizer/memory.py): 768 MiB in
-all, a quarter of the limit to spare. Under the 50 MP pixel cap, only WebP and AVIF past 28-33 MP
-and 32-bit integer grey TIFF past 44 MP need more."""
+deploy/k8s); with its idle process, the original and its copy, and the freed heap malloc keeps
+(resizer/memory.py), this leaves a quarter of it to spare."""
 
 # Measured on the benchmark corpus (a sweep of draft scales, since removed from bench/kernel.py):
 # decoding JPEG at 1/8 scale (DC only) and then resizing still scores >= 42 dB at 64 px, but the
