@@ -44,13 +44,9 @@ RUN /opt/poetry/bin/poetry build --format wheel --output /tmp/dist \
 
 FROM python:${PYTHON_VERSION}-slim AS runtime
 
-# NUMBA_CACHE_DIR: the CMYK kernel (resizer/cmyk.py) is compiled on a worker's first tagged CMYK
-# image (~1 s); /opt/venv is read-only at run time, so the compiled code is kept in /tmp, where
-# the worker's next start finds it.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
-    PYTHONDONTWRITEBYTECODE=1 \
-    NUMBA_CACHE_DIR=/tmp/numba-cache
+    PYTHONDONTWRITEBYTECODE=1
 
 # A fixed numeric uid/gid, so Kubernetes can check runAsNonRoot without resolving names.
 RUN groupadd --system --gid 10001 resizer \

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 from skimage import data as samples
 
-from resizer.quality import DISPLAY_P3_D50, cmyk_profile, matrix_profile
+from tests.quality import DISPLAY_P3_D50, cmyk_profile, matrix_profile
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 # Ink colours of a typical coated-paper press, as sRGB.

@@ -1,5 +1,5 @@
 """Section 4b of `make bench`: peak RSS of a worker making thumbnails of the largest image, and
-of a worker's first tagged CMYK image (which loads numba and compiles the CMYK kernel).
+of a worker's first tagged CMYK image (littlecms builds the profile's transform then).
 
 Each measurement runs in a fresh process (peak RSS only grows): it imports the pipeline, reads
 the file, notes its RSS, makes the thumbnails, and reports its peak (VmHWM) above that, and how
@@ -53,8 +53,8 @@ def worker_memory(corpus: Path) -> list[str]:
     if tagged_cmyk:
         result = _measure("ours", tagged_cmyk[0])
         lines.append(
-            f"  pipeline on {tagged_cmyk[0].name}, a process's first tagged CMYK image (numba"
-            f" and the CMYK kernel load): peak RSS {result['peak_mb']:.0f} MB,"
+            f"  pipeline on {tagged_cmyk[0].name}, a process's first tagged CMYK image (littlecms"
+            f" builds its transform): peak RSS {result['peak_mb']:.0f} MB,"
             f" +{result['peak_mb'] - result['base_mb']:.0f} MB over the idle process,"
             f" {result['seconds']:.1f} s for that task"
         )

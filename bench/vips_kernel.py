@@ -31,7 +31,7 @@ def main() -> int:
     except Exception as exc:  # ImportError, or OSError when libvips itself cannot be loaded
         say({"error": f"pyvips unavailable: {exc}"})
         return 0
-    from resizer.imaging import output_format
+    from resizer.header import output_format
 
     say({"ready": True, "libvips": f"{pyvips.version(0)}.{pyvips.version(1)}"})
 

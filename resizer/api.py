@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from resizer import imaging, openapi
+from resizer import header, openapi
 from resizer.config import Settings
 from resizer.errors import (
     BadRequest,
@@ -211,7 +211,8 @@ async def create_task(request: web.Request) -> web.Response:
     reader = RawUpload() if is_raw_upload(request) else JsonUpload()
     await read_body(request, reader.feed, settings)
     data, digest = reader.finish()
-    upload = Upload(info=imaging.inspect(data, settings.max_pixels), data=data, digest=digest)
+    info = header.inspect(data, settings.max_pixels, settings.max_decode_bytes)
+    upload = Upload(info=info, data=data, digest=digest)
     task = await request.app[STORE].create_task(upload)
     log.info(
         "task.created",
@@ -431,7 +432,7 @@ def _not_modified(request: web.Request, headers: dict[str, str]) -> bool:
 
 
 def _content_type(fmt: str) -> str:
-    known = imaging.content_type(fmt)
+    known = header.content_type(fmt)
     if known != "application/octet-stream":
         return known
     guessed, _ = mimetypes.guess_type(f"image.{fmt}")

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 
 import attrs
 
+from resizer.budget import DEFAULT_MAX_DECODE_BYTES
+
 MiB = 1024 * 1024
 
 
@@ -28,6 +30,7 @@ class Settings:
     ttl_seconds: int = 86400
     max_body_bytes: int = 32 * MiB
     max_pixels: int = 50_000_000
+    max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES
     failed_ttl_seconds: int = 3600
     partitions: int = 1
     api_token: str | None = attrs.field(default=None, repr=False)
@@ -72,6 +75,7 @@ _INT_ENV = {
     "ttl_seconds": "RESIZER_TTL_SECONDS",
     "max_body_bytes": "RESIZER_MAX_BODY_BYTES",
     "max_pixels": "RESIZER_MAX_PIXELS",
+    "max_decode_bytes": "RESIZER_MAX_DECODE_BYTES",
     "failed_ttl_seconds": "RESIZER_FAILED_TTL_SECONDS",
     "partitions": "RESIZER_PARTITIONS",
 }

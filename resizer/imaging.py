@@ -1,21 +1,24 @@
 """The image pipeline: pure functions, bytes in, bytes out. Knows nothing of Redis or HTTP.
 
-``inspect`` reads only the header (cheap, safe for the web process); ``make_thumbnails`` decodes
-once and produces every size (the worker's job).
+``make_thumbnails`` decodes once and produces every size (the worker's job). It imports the
+pixel stack (numpy and imagecodecs, through ``pngdecode``); what the web process needs, reading
+a header, lives in ``resizer.header``, which imports neither.
 
 How a thumbnail is made, and why in this order (figures in BENCHMARKS.md):
 
+0. The header says how much memory the decode will need (``budget.decode_bytes``); over the
+   budget, the image is refused before any pixel is decoded.
 1. JPEG shrinks on load (``draft``): libjpeg-turbo's scaled IDCT decodes at 1/2..1/8 of the size
-   for a fraction of the cost. The scale is the smallest that keeps at least ``_DRAFT_FACTOR``
-   times the largest target (1/8 for a 3000 px photo), which stays well above the quality bar.
-   PNG has no shrink-on-load; the common PNGs (8-bit, not interlaced) are decoded 2-2.5x faster
-   than Pillow does by ``pngdecode``, the rest by Pillow.
+   for a fraction of the cost. The scale is the smallest that keeps at least
+   ``budget.JPEG_DRAFT_FACTOR`` times the largest target (1/8 for a 3000 px photo), which stays
+   well above the quality bar. PNG has no shrink-on-load; the common PNGs (8-bit, not
+   interlaced) are decoded 2-2.5x faster than Pillow does by ``pngdecode``, the rest by Pillow.
 2. The pixels are brought to one of RGB, RGBA, L, LA (8 bits) at whatever size the decoder gave;
    palettes become RGB(A) so they are filtered, not nearest-neighboured; 16-bit is scaled.
 3. ``reduce()`` by the largest integer factor that leaves ``_REDUCING_GAP`` times the largest
    target (an exact box filter, very cheap), then colour conversion to sRGB on that reduced image.
-   CMYK is the exception: its inks mix far from linearly, so it is converted first, on the whole
-   draft decode, by ``cmyk`` (a table sampled from the profile, ~4.5x faster than littlecms).
+   CMYK is the exception: its inks mix far from linearly, so littlecms converts it first, on the
+   whole draft decode.
 4. One LANCZOS to the largest size; the smaller sizes come from that result for opaque images
    (cheapest, >= 47 dB on the corpus) and from the intermediate for images with alpha (through
    the 64 they lose 1-4 dB: 41.7 dB on a hard-edged cut-out, under the bar).
@@ -27,57 +30,19 @@ How a thumbnail is made, and why in this order (figures in BENCHMARKS.md):
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
-from PIL import (
-    AvifImagePlugin,
-    BmpImagePlugin,
-    GifImagePlugin,
-    Image,
-    ImageCms,
-    ImageFile,
-    JpegImagePlugin,
-    PngImagePlugin,
-    TiffImagePlugin,
-    UnidentifiedImageError,
-    WebPImagePlugin,
-)
+from PIL import Image, ImageCms, ImageFile, UnidentifiedImageError
 
-from resizer import cmyk, pngdecode
-from resizer.errors import ImageDecodeError, InvalidImage
-from resizer.models import SIZES, ImageInfo, Thumbnail
+from resizer import budget, pngdecode
+from resizer.errors import ImageDecodeError
+from resizer.header import INPUT_FORMATS, describe, output_format
+from resizer.models import SIZES, Thumbnail
 
-# What we open. Pillow knows many more formats, but some of them hand the bytes to an external
-# program (EPS runs Ghostscript) or are rarely seen outside exploits; a short list keeps the
-# attack surface to well-fuzzed decoders. (Phones' multi-picture JPEGs open through "JPEG" and
-# report themselves as "MPO".)
-INPUT_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP", "AVIF")
-# Image.open(formats=...) only knows plugins that were imported; import exactly these (and not
-# Image.init(), which registers every format).
-_PLUGINS = (
-    AvifImagePlugin,
-    BmpImagePlugin,
-    GifImagePlugin,
-    JpegImagePlugin,
-    PngImagePlugin,
-    TiffImagePlugin,
-    WebPImagePlugin,
-)
-
-# Formats Pillow writes well at thumbnail size; anything else comes out as PNG.
-_OUTPUT_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
-_ALIASES = {"mpo": "jpeg"}  # a multi-picture JPEG's first picture is a plain JPEG
-_CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
-
-# Measured on the benchmark corpus (a sweep of draft scales, since removed from bench/kernel.py):
-# decoding JPEG at 1/8 scale (DC only) and then resizing still scores >= 42 dB at 64 px, but the
-# margin is thin on grainy photos; a draft of at least 2x the target costs little more and keeps
-# a clear margin.
-_DRAFT_FACTOR = 2
-# CMYK's conversion is far from linear, so as little averaging as possible may happen before it:
-# the DCT's own averaging at 1/8 costs ~8 dB on the corpus scan, at 1/4 it does not.
-_DRAFT_FACTOR_CMYK = 4
 # reduce() is a box filter: exact and very fast, but it aliases when it does the whole job.
 # Leaving LANCZOS at least this factor of the target keeps every corpus file >= 45 dB; 3.0 gains
 # ~2 dB on PNG but makes the JPEG 1/8 draft (375 px for 3000) skip reduce(2), and LANCZOS over
@@ -107,73 +72,41 @@ _TRANSPOSES = {
 }
 
 
-def inspect(data: bytes, max_pixels: int) -> ImageInfo:
-    """Identify an image from its header: format and dimensions, no pixel decoding."""
-    if not data:
-        raise InvalidImage("the image is empty")
-    try:
-        with Image.open(io.BytesIO(data), formats=INPUT_FORMATS) as img:
-            fmt = (img.format or "").lower()
-            width, height = img.size
-    except Image.DecompressionBombError as exc:
-        raise InvalidImage(f"the image has too many pixels: {exc}") from None
-    except UnidentifiedImageError:
-        raise InvalidImage(
-            "not an image in a supported format (JPEG, PNG, WebP, GIF, TIFF, BMP, AVIF)"
-        ) from None
-    except Exception as exc:
-        # A header parser fed hostile bytes can fail in any way (struct.error, IndexError...);
-        # all of them mean the same thing to the client.
-        raise InvalidImage(f"not an image Pillow can read: {_describe(exc)}") from None
-    if width <= 0 or height <= 0:
-        raise InvalidImage(f"the image has no pixels ({width}x{height})")
-    if width != height:
-        raise InvalidImage(f"the image must be square, got {width}x{height}")
-    # The worker's decoder refuses images past Pillow's bomb limit whatever RESIZER_MAX_PIXELS
-    # says: refuse them here too, with a 422 now rather than a FAILED task later.
-    limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
-    if width * height > limit:
-        raise InvalidImage(
-            f"the image is {width}x{height} = {width * height} pixels, over the limit of {limit}"
-        )
-    return ImageInfo(format=fmt, width=width, height=height)
-
-
-def output_format(input_format: str) -> str:
-    """The format a thumbnail is written in: the input's where Pillow writes it well, else PNG."""
-    fmt = _ALIASES.get(input_format, input_format)
-    return fmt if fmt in _OUTPUT_FORMATS else "png"
-
-
-def content_type(fmt: str) -> str:
-    """The media type of a thumbnail written in ``fmt`` (an ``output_format`` result)."""
-    return _CONTENT_TYPES.get(fmt, "application/octet-stream")
-
-
-def make_thumbnails(data: bytes, sizes: tuple[int, ...] = SIZES) -> list[Thumbnail]:
+def make_thumbnails(
+    data: bytes,
+    sizes: tuple[int, ...] = SIZES,
+    *,
+    max_decode_bytes: int = budget.DEFAULT_MAX_DECODE_BYTES,
+) -> list[Thumbnail]:
     """Decode once and produce one encoded thumbnail per size, largest first.
 
-    Raises ImageDecodeError for any input that cannot be turned into thumbnails. The work is a
-    deterministic function of the bytes, so any failure other than running out of memory would
-    fail the same way on a retry: it is reported as permanent, with Pillow's reason.
+    Raises ImageDecodeError for any input that cannot be turned into thumbnails, including one
+    whose decode would need more than ``max_decode_bytes``. The work is a deterministic function
+    of the bytes, so any failure other than running out of memory would fail the same way on a
+    retry: it is reported as permanent, with Pillow's reason.
     """
-    fmt, images = thumbnail_images(data, sizes)
+    fmt, images = thumbnail_images(data, sizes, max_decode_bytes=max_decode_bytes)
     try:
         return [Thumbnail(size=img.width, format=fmt, data=_encode(img, fmt)) for img in images]
     except MemoryError:
         raise
     except Exception as exc:
-        raise ImageDecodeError(f"the thumbnail could not be encoded: {_describe(exc)}") from None
+        raise ImageDecodeError(f"the thumbnail could not be encoded: {describe(exc)}") from None
 
 
-def thumbnail_images(data: bytes, sizes: tuple[int, ...] = SIZES) -> tuple[str, list[Image.Image]]:
+def thumbnail_images(
+    data: bytes,
+    sizes: tuple[int, ...] = SIZES,
+    *,
+    max_decode_bytes: int = budget.DEFAULT_MAX_DECODE_BYTES,
+) -> tuple[str, list[Image.Image]]:
     """The thumbnails' pixels before encoding (RGB, RGBA, L or LA), largest first, and the
     format they are to be written in. Raises ImageDecodeError like ``make_thumbnails``."""
     wanted = sorted(set(sizes), reverse=True)
     if not wanted or wanted[-1] <= 0:
         raise ValueError(f"sizes must be positive, got {sizes!r}")
     try:
-        return _thumbnail_images(data, wanted)
+        return _thumbnail_images(data, wanted, max_decode_bytes)
     except (ImageDecodeError, MemoryError):
         raise
     except UnidentifiedImageError:
@@ -181,10 +114,12 @@ def thumbnail_images(data: bytes, sizes: tuple[int, ...] = SIZES) -> tuple[str, 
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(f"the image is too large to decode: {exc}") from None
     except Exception as exc:
-        raise ImageDecodeError(f"the image could not be decoded: {_describe(exc)}") from None
+        raise ImageDecodeError(f"the image could not be decoded: {describe(exc)}") from None
 
 
-def _thumbnail_images(data: bytes, sizes: list[int]) -> tuple[str, list[Image.Image]]:
+def _thumbnail_images(
+    data: bytes, sizes: list[int], max_decode_bytes: int
+) -> tuple[str, list[Image.Image]]:
     with Image.open(io.BytesIO(data), formats=INPUT_FORMATS) as img:
         fmt = output_format((img.format or "").lower())
         width, height = img.size
@@ -200,12 +135,16 @@ def _thumbnail_images(data: bytes, sizes: list[int]) -> tuple[str, list[Image.Im
             # anything (an older API, a hand-queued task).
             raise ImageDecodeError(f"the image must be square and non-empty, got {width}x{height}")
         target = sizes[0]
+        # The web process checked this too; a worker may still be handed a task that an older
+        # API accepted, and a decode past the budget would take the worker down with it.
+        needed = budget.decode_bytes(budget.read_header(img, data), target)
+        if needed > max_decode_bytes:
+            raise ImageDecodeError(budget.over_budget(needed, max_decode_bytes))
         # The part of the decoded pixels that the original covers: shrinking by a factor that does
         # not divide the size leaves a partial last row and column, which must not be stretched.
         extent = float(width)
         if img.format in ("JPEG", "MPO"):
-            # CMYK is averaged before its (very non-linear) conversion, so it needs more pixels.
-            wanted = target * (_DRAFT_FACTOR_CMYK if img.mode == "CMYK" else _DRAFT_FACTOR)
+            wanted = budget.jpeg_draft_request(img.mode, target)
             drafted = img.draft(img.mode, (wanted, wanted))
             if drafted is not None:
                 extent = drafted[1][2]
@@ -258,11 +197,6 @@ def _whole_file_at_once(img: ImageFile.ImageFile, data: bytes) -> None:
     JPEG, 31.3 -> 30.8 ms on a grainy one). The benchmark's decode floor does the same.
     """
     img.decodermaxblock = max(img.decodermaxblock, len(data))
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text[:200]
 
 
 def _orientation(read_exif: Callable[[], Image.Exif]) -> int:
@@ -339,15 +273,10 @@ def _to_srgb(img: Image.Image, icc: bytes | None) -> Image.Image:
     if icc:
         transform = _transform_for(icc, img.mode)
         if transform is not None:
-            # CMYK runs on the whole draft decode (see make_thumbnails), where cmyk.py's table is
-            # much faster than littlecms. It declines (None) without numba; littlecms then does it.
-            converted = cmyk.to_srgb(img, icc, _INTENT) if img.mode == "CMYK" else None
-            if converted is None:
-                converted = ImageCms.applyTransform(img, transform)
+            converted = ImageCms.applyTransform(img, transform)
             if converted is not None:
-                img = converted
-                if img.mode in ("RGB", "RGBA") and _was_gray(icc):
-                    img = img.convert("LA" if img.mode == "RGBA" else "L")
+                # Only a grey profile converts an L image, to RGB: the result stays grey.
+                img = converted.convert("L") if img.mode == "L" else converted
     if img.mode == "CMYK":
         # Pillow's CMYK->RGB is the multiplicative (255-C)(255-K)/255 that browsers use for
         # untagged CMYK.
@@ -355,52 +284,81 @@ def _to_srgb(img: Image.Image, icc: bytes | None) -> Image.Image:
     return img
 
 
-@functools.lru_cache(maxsize=32)
+class _TransformCache:
+    """Colour transforms by the SHA-256 of their profile and the image mode, the least recently
+    used dropped first. It holds no profile: a key is 32 bytes whatever the profile's size."""
+
+    def __init__(self, entries: int) -> None:
+        self.entries = entries
+        self._transforms: OrderedDict[tuple[bytes, str], ImageCms.ImageCmsTransform] = OrderedDict()
+        self._lock = threading.Lock()  # the worker decodes in a thread; tests and bench in many
+
+    def get(self, key: tuple[bytes, str]) -> ImageCms.ImageCmsTransform | None:
+        with self._lock:
+            transform = self._transforms.get(key)
+            if transform is not None:
+                self._transforms.move_to_end(key)
+            return transform
+
+    def put(self, key: tuple[bytes, str], transform: ImageCms.ImageCmsTransform) -> None:
+        with self._lock:
+            self._transforms[key] = transform
+            self._transforms.move_to_end(key)
+            while len(self._transforms) > self.entries:
+                self._transforms.popitem(last=False)
+
+    def keys(self) -> list[tuple[bytes, str]]:
+        with self._lock:
+            return list(self._transforms)
+
+
+# Building a transform takes up to 60 ms (a CMYK profile's 23^4 table) and images carry the same
+# few profiles: worth caching. A CMYK transform holds ~1.5 MiB, hence few entries. Keys hold no
+# profile, so large ones cost nothing to cache, and press profiles (several hundred KB to ~2 MB)
+# must be: only profiles no real one reaches are converted uncached. Invalid or mismatched
+# profiles are not cached: they cost a parse, and cannot push real transforms out.
+_TRANSFORMS = _TransformCache(entries=16)
+_MAX_CACHED_PROFILE_BYTES = 4 * 2**20
+
+
 def _transform_for(icc: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
-    # Parsing a profile and building a transform costs about a millisecond; phones embed the same
-    # few profiles in every photo, so a small cache keyed by the profile's bytes pays off.
+    if len(icc) > _MAX_CACHED_PROFILE_BYTES:
+        return _build_transform(icc, mode)
+    key = (hashlib.sha256(icc).digest(), mode)
+    transform = _TRANSFORMS.get(key)
+    if transform is None:
+        transform = _build_transform(icc, mode)
+        if transform is not None:
+            _TRANSFORMS.put(key, transform)
+    return transform
+
+
+def _build_transform(icc: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
+    """The transform from ``icc`` to sRGB for an image in ``mode``, or None if the profile is
+    malformed or is not for this kind of image."""
     try:
         profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
         space = profile.profile.xcolor_space.strip()
-        if mode in ("L", "LA"):
-            if space != "GRAY":
-                return None
-            out_mode = "RGBA" if mode == "LA" else "RGB"
-            in_mode = mode
-        else:
-            expected = {"RGB": "RGB", "RGBA": "RGB", "CMYK": "CMYK"}.get(mode)
-            if expected != space:
-                return None
-            in_mode = mode
-            out_mode = "RGBA" if mode == "RGBA" else "RGB"
-        if in_mode == "LA":
-            # littlecms has no gray+alpha layout in Pillow; gray ICC with alpha is rare enough
-            # to keep as stored.
+        # littlecms has no gray+alpha layout in Pillow; gray ICC with alpha is rare enough to
+        # keep as stored.
+        expected = {"L": "GRAY", "RGB": "RGB", "RGBA": "RGB", "CMYK": "CMYK"}.get(mode)
+        if expected is None or space != expected:
             return None
         return ImageCms.buildTransform(
             profile,
             _srgb(),
-            in_mode,
-            out_mode,
+            mode,
+            "RGBA" if mode == "RGBA" else "RGB",
             renderingIntent=_INTENT,
             # Transforms are cached and shared; without littlecms's one-pixel cache, applying one
-            # is re-entrant, so threads may share it (and it measured no slower). For CMYK (when
-            # cmyk.py cannot run), the default 17^4 table is up to 16 levels off and misses the
-            # bar (41 dB) on saturated inks; the 23^4 one reaches 44 dB at the same speed.
+            # is re-entrant, so threads may share it (and it measured no slower). For CMYK the
+            # default 17^4 table is up to 16 levels off and misses the bar (41 dB) on saturated
+            # inks; the 23^4 one reaches 44 dB at the same speed per pixel.
             flags=ImageCms.Flags.NOCACHE
-            | (ImageCms.Flags.HIGHRESPRECALC if in_mode == "CMYK" else ImageCms.Flags.NONE),
+            | (ImageCms.Flags.HIGHRESPRECALC if mode == "CMYK" else ImageCms.Flags.NONE),
         )
     except Exception:
         return None
-
-
-@functools.lru_cache(maxsize=32)
-def _was_gray(icc: bytes) -> bool:
-    try:
-        space = ImageCms.ImageCmsProfile(io.BytesIO(icc)).profile.xcolor_space.strip()
-    except Exception:
-        return False
-    return bool(space == "GRAY")
 
 
 @functools.cache

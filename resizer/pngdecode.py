@@ -23,6 +23,8 @@ import attrs
 import imagecodecs
 from PIL import Image
 
+from resizer import budget
+
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}  # colour type -> samples per pixel
 _MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
@@ -32,9 +34,9 @@ _PILLOW_ONLY = (b"tRNS", b"acTL", b"fcTL")
 _RAW_EXIF_KEYWORD = b"Raw profile type exif"
 _STORED_BLOCK = 65535  # the largest stored deflate block
 _IEND = b"\0\0\0\0IEND\xaeB`\x82"  # an empty IEND chunk, with its CRC
-# The decode holds the inflated rows twice (plain, then wrapped) besides the result: past this
-# size (a 4096x4096 RGBA is 64 MiB) the worker's memory matters more than the time saved.
-MAX_INFLATED_BYTES = 64 * 2**20
+# The decode holds the inflated rows twice (plain, then wrapped): larger images go to Pillow. The
+# decode budget (budget.py) counts the same limit.
+MAX_INFLATED_BYTES = budget.FAST_PNG_MAX_INFLATED_BYTES
 
 
 @attrs.frozen

@@ -88,7 +88,7 @@ class Worker:
             return
         started = time.perf_counter()
         try:
-            thumbnails = await asyncio.to_thread(_resize, original)
+            thumbnails = await asyncio.to_thread(_resize, original, self.settings.max_decode_bytes)
         except ImageDecodeError as exc:
             if await self.store.fail(claim, exc.message):
                 log.info("task.failed", error=exc.message)
@@ -148,9 +148,9 @@ class Worker:
                 await beater
 
 
-def _resize(original: bytes) -> list[Thumbnail]:
+def _resize(original: bytes, max_decode_bytes: int) -> list[Thumbnail]:
     faults.hit("during_resize", original)
-    return imaging.make_thumbnails(original)
+    return imaging.make_thumbnails(original, max_decode_bytes=max_decode_bytes)
 
 
 async def serve_worker(settings: Settings) -> None:

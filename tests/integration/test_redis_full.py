@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from resizer import header
 from resizer.api import make_app
 from resizer.config import Settings
 from resizer.embedded import RedisServer
@@ -47,10 +48,8 @@ async def unfill(store: Store) -> None:
 
 
 def upload(size: int = 64) -> Upload:
-    from resizer import imaging
-
     data = make_image("PNG", size=size)
-    return Upload.of(imaging.inspect(data, 10**8), data)
+    return Upload.of(header.inspect(data, 10**8), data)
 
 
 async def test_the_api_answers_507_json_and_stores_nothing(

@@ -14,7 +14,7 @@ import attrs
 import pytest
 from PIL import Image
 
-from resizer import imaging
+from resizer import header
 from resizer.config import Settings
 from resizer.embedded import RedisServer
 from resizer.models import ImageSize, Task, TaskStatus, Upload
@@ -64,7 +64,7 @@ async def store(procs: Processes) -> Store:
 
 async def submit(store: Store, data: bytes | None = None) -> str:
     data = data or make_image("JPEG", size=256, unique=True)
-    task = await store.create_task(Upload.of(imaging.inspect(data, 10**8), data))
+    task = await store.create_task(Upload.of(header.inspect(data, 10**8), data))
     return task.id
 
 

@@ -7,13 +7,14 @@ import io
 import struct
 import zlib
 
+import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
 UPRIGHT_QUADRANTS = ((230, 30, 30), (30, 200, 30), (30, 30, 230), (240, 220, 20))
 """Top-left, top-right, bottom-left, bottom-right of the upright test picture."""
 
 PRESS_INKS = {"C": (0, 174, 239), "M": (236, 0, 140), "Y": (255, 242, 0), "K": (35, 31, 32)}
-"""sRGB colours of process inks at 100% on white paper, for ``quality.cmyk_profile``."""
+"""sRGB colours of process inks at 100% on white paper, for ``tests.quality.cmyk_profile``."""
 
 
 def photo(size: int, grain: float = 0.0, seed: int = 0) -> Image.Image:
@@ -104,3 +105,81 @@ def pixel(img: Image.Image, xy: tuple[int, int]) -> tuple[int, ...]:
 
 def close(a: tuple[int, ...], b: tuple[int, ...], tolerance: int) -> bool:
     return len(a) == len(b) and all(abs(x - y) <= tolerance for x, y in zip(a, b, strict=True))
+
+
+def two_tone(mode: str, size: int) -> Image.Image:
+    """A square in ``mode``: a plain background and a block of another colour (and opacity) in
+    the middle. Any size encodes small and fast, which is what files declaring a large size need.
+    """
+    colours: dict[str, tuple[float | tuple[int, ...], float | tuple[int, ...]]] = {
+        "1": (0, 1),
+        "L": (30, 220),
+        "P": (0, 1),
+        "LA": ((30, 0), (220, 255)),
+        "RGB": ((20, 60, 200), (230, 200, 40)),
+        "RGBA": ((20, 60, 200, 0), (230, 200, 40, 255)),
+        "CMYK": ((0, 0, 0, 0), (200, 30, 10, 40)),
+        "I;16": (1000, 60000),
+        "I": (1000, 60000),
+        "F": (0.25, 0.75),
+    }
+    background, block = colours[mode]
+    img = Image.new(mode, (size, size), background)
+    if mode == "P":
+        img.putpalette([20, 60, 200, 230, 200, 40] + [0, 0, 0] * 254)
+    ImageDraw.Draw(img).rectangle((size // 3, size // 3, 2 * size // 3, 2 * size // 3), block)
+    return img
+
+
+def png_interlaced(img: Image.Image) -> bytes:
+    """An Adam7-interlaced PNG of an 8-bit L, LA, RGB or RGBA image (Pillow writes none)."""
+    colour_types = {"L": 0, "RGB": 2, "LA": 4, "RGBA": 6}
+    pixels = np.asarray(img).reshape(img.height, img.width, -1)
+    passes = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2))
+    rows = []
+    for x0, y0, dx, dy in (*passes, (0, 1, 1, 2)):
+        part = pixels[y0::dy, x0::dx].reshape(
+            -1, len(img.getbands()) * len(range(x0, img.width, dx))
+        )
+        if part.size:
+            rows.append(np.hstack([np.zeros((part.shape[0], 1), np.uint8), part]).tobytes())
+    header = struct.pack(">IIBBBBB", img.width, img.height, 8, colour_types[img.mode], 0, 0, 1)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(b"".join(rows), 6))
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+def bmp_rle8(img: Image.Image) -> bytes:
+    """An 8-bit run-length encoded BMP of an L or P image (Pillow writes none)."""
+    pixels = np.asarray(img)
+    runs = bytearray()
+    for row in pixels[::-1]:  # BMP stores the bottom row first
+        starts = np.flatnonzero(np.diff(row, prepend=-1))
+        for start, end in zip(starts, [*starts[1:], len(row)], strict=True):
+            for offset in range(start, end, 255):
+                runs += bytes((min(255, end - offset), int(row[start])))
+        runs += b"\x00\x00"  # end of line
+    runs += b"\x00\x01"  # end of bitmap
+    if img.mode == "P":
+        rgb = img.getpalette() or []
+        palette = b"".join(bytes((b, g, r, 0)) for r, g, b in zip(*[iter(rgb)] * 3, strict=True))
+    else:
+        palette = b"".join(bytes((i, i, i, 0)) for i in range(256))
+    colours = len(palette) // 4
+    info = struct.pack(
+        "<IiiHHIIiiII", 40, img.width, img.height, 1, 8, 1, len(runs), 2835, 2835, colours, 0
+    )
+    offset = 14 + len(info) + len(palette)
+    return b"BM" + struct.pack("<IHHI", offset + len(runs), 0, 0, offset) + info + palette + runs
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return (
+        struct.pack(">I", len(body))
+        + kind
+        + body
+        + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+    )

@@ -4,16 +4,20 @@ against a float reference, and hostile input."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
+import subprocess
+import sys
 import time
+import tracemalloc
 
 import pytest
 from PIL import Image, ImageChops, ImageDraw
 
-from resizer import cmyk, imaging
+from resizer import header, imaging
 from resizer.errors import ImageDecodeError, InvalidImage
 from resizer.models import Thumbnail
-from resizer.quality import (
+from tests.quality import (
     DISPLAY_P3_D50,
     SRGB_D50,
     cmyk_profile,
@@ -62,7 +66,7 @@ def thumbs(data: bytes) -> dict[int, Image.Image]:
     ("fmt", "expected"), [("JPEG", "jpeg"), ("PNG", "png"), ("WEBP", "webp"), ("GIF", "gif")]
 )
 def test_inspect_reads_format_and_size(fmt: str, expected: str) -> None:
-    info = imaging.inspect(encode(photo(300), fmt), MAX_PIXELS)
+    info = header.inspect(encode(photo(300), fmt), MAX_PIXELS)
     assert (info.format, info.width, info.height) == (expected, 300, 300)
 
 
@@ -71,9 +75,9 @@ def test_inspect_reads_the_header_only() -> None:
     header_only = png_header_only(3000, 3000)
     truncated = encode(photo(2000), "JPEG")[:2000]
     started = time.perf_counter()
-    info = imaging.inspect(header_only, MAX_PIXELS)
+    info = header.inspect(header_only, MAX_PIXELS)
     assert (info.width, info.height) == (3000, 3000)
-    assert imaging.inspect(truncated, MAX_PIXELS).width == 2000
+    assert header.inspect(truncated, MAX_PIXELS).width == 2000
     assert time.perf_counter() - started < 0.5
 
 
@@ -92,7 +96,7 @@ def test_inspect_reads_the_header_only() -> None:
 )
 def test_inspect_rejects_with_a_reason(data: bytes, message: str) -> None:
     with pytest.raises(InvalidImage, match=message) as caught:
-        imaging.inspect(data, MAX_PIXELS)
+        header.inspect(data, MAX_PIXELS)
     assert caught.value.status == 422
 
 
@@ -101,18 +105,18 @@ def test_inspect_never_accepts_what_the_decoder_would_refuse() -> None:
     # client gets a 422 instead of a task that is bound to fail.
     side = 10_000  # 100 MP: past Pillow's 89 MP limit, under a generous 200 MP setting
     with pytest.raises(InvalidImage, match="over the limit"):
-        imaging.inspect(png_header_only(side, side), 200_000_000)
+        header.inspect(png_header_only(side, side), 200_000_000)
 
 
 def test_output_format_and_content_type() -> None:
-    assert imaging.output_format("jpeg") == "jpeg"
-    assert imaging.output_format("mpo") == "jpeg"
-    assert imaging.output_format("webp") == "webp"
+    assert header.output_format("jpeg") == "jpeg"
+    assert header.output_format("mpo") == "jpeg"
+    assert header.output_format("webp") == "webp"
     for other in ("gif", "tiff", "bmp", "avif", "png"):
-        assert imaging.output_format(other) == "png"
-    assert imaging.content_type("jpeg") == "image/jpeg"
-    assert imaging.content_type("png") == "image/png"
-    assert imaging.content_type("webp") == "image/webp"
+        assert header.output_format(other) == "png"
+    assert header.content_type("jpeg") == "image/jpeg"
+    assert header.content_type("png") == "image/png"
+    assert header.content_type("webp") == "image/webp"
 
 
 # --- formats ----------------------------------------------------------------------------------
@@ -137,13 +141,13 @@ def test_output_is_the_input_format_where_pillow_writes_it_well(fmt: str, expect
         img = decoded(t)
         assert (img.format or "").lower() == expected
         assert img.size == (t.size, t.size)
-        assert imaging.content_type(t.format) == Image.MIME[img.format or ""]
+        assert header.content_type(t.format) == Image.MIME[img.format or ""]
 
 
 def test_multi_picture_jpeg_comes_out_as_jpeg() -> None:
     first, second = photo(200), photo(200, seed=3)
     data = encode(first, "MPO", save_all=True, append_images=[second])
-    assert imaging.inspect(data, MAX_PIXELS).format == "mpo"
+    assert header.inspect(data, MAX_PIXELS).format == "mpo"
     assert [t.format for t in imaging.make_thumbnails(data)] == ["jpeg", "jpeg"]
 
 
@@ -245,7 +249,7 @@ def test_display_p3_photo_keeps_grey_grey_and_desaturates_into_srgb() -> None:
 
 def test_cmyk_without_profile_uses_the_naive_conversion_browsers_use() -> None:
     data = encode(_solid("CMYK", (255, 0, 0, 0)), "JPEG", quality=100)
-    assert imaging.inspect(data, MAX_PIXELS).format == "jpeg"
+    assert header.inspect(data, MAX_PIXELS).format == "jpeg"
     img = thumbs(data)[64]
     assert img.mode == "RGB"
     assert close(pixel(img, (32, 32)), (0, 255, 255), 3)
@@ -313,7 +317,7 @@ def test_palette_with_transparency_keeps_alpha() -> None:
 
 def test_alpha_is_composited_on_white_for_jpeg(monkeypatch: pytest.MonkeyPatch) -> None:
     # No JPEG input has alpha, so route a transparent PNG to JPEG output to exercise the path.
-    monkeypatch.setitem(imaging._ALIASES, "png", "jpeg")
+    monkeypatch.setitem(header._ALIASES, "png", "jpeg")
     fmt, images = imaging.thumbnail_images(encode(_cutout(), "PNG"))
     assert fmt == "jpeg"
     for img in images:
@@ -474,18 +478,6 @@ def test_thumbnails_reach_the_quality_bar(name: str) -> None:
         assert after >= 36, f"{name} {thumb.size}px {fmt} file: {after:.1f} dB"
 
 
-@pytest.mark.parametrize("name", ["cmyk-scan-900.jpg", "gcr-scan-1500.jpg"])
-def test_cmyk_reaches_the_quality_bar_through_littlecms_too(
-    name: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Where numba cannot run, littlecms converts CMYK: the same bar holds.
-    monkeypatch.setattr(cmyk, "_kernel", lambda: None)
-    data = CASES[name]
-    _, pixels = imaging.thumbnail_images(data)
-    for img in pixels:
-        assert psnr(reference(data, img.width), planes_of(img)) >= 42, f"{name} {img.width}px"
-
-
 def test_the_quality_yardstick_can_fail() -> None:
     # The same bar applied to a careless resize (nearest neighbour, no orientation): it must
     # fail, or the test above proves nothing.
@@ -554,7 +546,7 @@ def test_png_text_chunk_bomb_is_rejected() -> None:
     data = good[:33] + chunk + good[33:]  # right after IHDR
     started = time.perf_counter()
     try:
-        imaging.inspect(data, MAX_PIXELS)
+        header.inspect(data, MAX_PIXELS)
         imaging.make_thumbnails(data)
     except (InvalidImage, ImageDecodeError):
         pass
@@ -564,7 +556,7 @@ def test_png_text_chunk_bomb_is_rejected() -> None:
 def test_wrong_extension_does_not_matter_content_decides() -> None:
     # Bytes carry no name: a PNG is a PNG whatever the client called it.
     data = encode(photo(128), "PNG")
-    assert imaging.inspect(data, MAX_PIXELS).format == "png"
+    assert header.inspect(data, MAX_PIXELS).format == "png"
     assert imaging.make_thumbnails(data)[0].format == "png"
 
 
@@ -602,3 +594,90 @@ def test_gray_icc_profile_is_converted_and_stays_gray() -> None:
     for img in thumbs(data).values():
         assert img.mode == "L"
         assert close(pixel(img, (img.width // 2,) * 2), (188,), 3)
+
+
+# --- the colour transform cache -------------------------------------------------------------
+
+_PERMUTED = matrix_profile((SRGB_D50[2], SRGB_D50[0], SRGB_D50[1]), "permuted")
+
+
+@pytest.fixture
+def transforms(monkeypatch: pytest.MonkeyPatch) -> imaging._TransformCache:
+    """An empty cache of 4 entries in place of the process's (other tests fill that one)."""
+    cache = imaging._TransformCache(entries=4)
+    monkeypatch.setattr(imaging, "_TRANSFORMS", cache)
+    return cache
+
+
+def test_a_profile_seen_again_reuses_its_transform(
+    transforms: imaging._TransformCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built: list[str] = []
+    build = imaging._build_transform
+
+    def counted(icc: bytes, mode: str) -> object:
+        built.append(mode)
+        return build(icc, mode)
+
+    monkeypatch.setattr(imaging, "_build_transform", counted)
+    for red in (200, 150, 100):
+        data = encode(_solid("RGB", (red, 120, 40)), "PNG", icc_profile=_PERMUTED)
+        assert close(pixel(thumbs(data)[64], (32, 32)), (120, 40, red), 3)
+    assert built == ["RGB"]
+
+
+def test_the_cache_is_bounded_and_keyed_by_the_profiles_digest(
+    transforms: imaging._TransformCache,
+) -> None:
+    for n in range(10):
+        # Distinct profiles, 50 KB each (a long description).
+        profile = matrix_profile(SRGB_D50, f"profile {n} " + "x" * 50_000)
+        thumbs(encode(_solid("RGB", (200, 120, 40), 64), "PNG", icc_profile=profile))
+    keys = transforms.keys()
+    assert len(keys) == transforms.entries
+    assert all(len(digest) == 32 and mode == "RGB" for digest, mode in keys)
+
+
+def test_junk_profiles_are_not_cached_and_hold_no_memory(
+    transforms: imaging._TransformCache,
+) -> None:
+    # The issue's case: JPEGs carrying distinct 8 MB junk profiles. A cache keyed by the bytes
+    # kept every one of them (80 MB for ten).
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(10):
+            junk = bytes([n]) * (8 * 2**20)
+            data = encode(_solid("RGB", (200, 120, 40), 64), "JPEG", icc_profile=junk)
+            assert close(pixel(thumbs(data)[64], (32, 32)), (200, 120, 40), 4)  # ignored
+        del junk, data
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 2**20, held
+    assert transforms.keys() == []
+
+
+def test_a_profile_over_the_size_limit_is_converted_uncached(
+    transforms: imaging._TransformCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(imaging, "_MAX_CACHED_PROFILE_BYTES", len(_PERMUTED) - 1)
+    data = encode(_solid("RGB", (200, 120, 40)), "PNG", icc_profile=_PERMUTED)
+    assert close(pixel(thumbs(data)[64], (32, 32)), (120, 40, 200), 3)
+    assert transforms.keys() == []
+
+
+def test_the_header_check_imports_no_pixel_stack() -> None:
+    # The web process imports resizer.header: numpy and imagecodecs are the worker's alone.
+    check = (
+        "import sys, resizer.header; print('numpy' in sys.modules, 'imagecodecs' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+    pipeline = check.replace("resizer.header", "resizer.imaging")
+    out = subprocess.run(
+        [sys.executable, "-c", pipeline], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["True", "True"]  # the check above can tell

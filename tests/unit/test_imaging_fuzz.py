@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, PngImagePlugin
 
-from resizer import imaging
+from resizer import header, imaging
 from resizer.errors import ImageDecodeError, InvalidImage
-from resizer.quality import DISPLAY_P3_D50, cmyk_profile, matrix_profile
+from tests.quality import DISPLAY_P3_D50, cmyk_profile, matrix_profile
 from tests.unit.imaging_samples import encode, exif_with_orientation, photo
 
 # Small enough that a mutated header cannot make one example allocate gigabytes.
@@ -141,7 +141,7 @@ def test_inspect_only_ever_returns_info_or_invalid_image(data: bytes) -> None:
     started = time.perf_counter()
     rejected: InvalidImage | None = None
     try:
-        info = imaging.inspect(data, FUZZ_MAX_PIXELS)
+        info = header.inspect(data, FUZZ_MAX_PIXELS)
     except InvalidImage as exc:
         rejected = exc
     if rejected is not None:
@@ -150,7 +150,7 @@ def test_inspect_only_ever_returns_info_or_invalid_image(data: bytes) -> None:
     else:
         assert info.width == info.height > 0
         assert info.width * info.height <= FUZZ_MAX_PIXELS
-        assert info.format in {f.lower() for f in imaging.INPUT_FORMATS} | {"mpo"}
+        assert info.format in {f.lower() for f in header.INPUT_FORMATS} | {"mpo"}
     assert time.perf_counter() - started < SLOW
 
 
@@ -159,7 +159,7 @@ def test_inspect_only_ever_returns_info_or_invalid_image(data: bytes) -> None:
 def test_worker_pipeline_fails_permanently_or_succeeds(data: bytes) -> None:
     # The path a task takes: the web process inspects, the worker makes the thumbnails.
     try:
-        imaging.inspect(data, FUZZ_MAX_PIXELS)
+        header.inspect(data, FUZZ_MAX_PIXELS)
     except InvalidImage:
         return
     _check_thumbnails(data)
@@ -177,5 +177,5 @@ def test_make_thumbnails_on_anything_never_raises_anything_else(data: bytes) -> 
 def test_the_seeds_are_valid_images() -> None:
     # The fuzzer mutates real files: they must be good to begin with.
     for seed in SEEDS:
-        imaging.inspect(seed, FUZZ_MAX_PIXELS)
+        header.inspect(seed, FUZZ_MAX_PIXELS)
         assert len(imaging.make_thumbnails(seed)) == 2

@@ -8,7 +8,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from resizer import imaging, worker
+from resizer import header, worker
 from resizer.models import TaskStatus, Thumbnail, Upload
 from resizer.store import Store
 from resizer.worker import Worker
@@ -16,7 +16,7 @@ from tests.helpers import make_image
 
 
 async def submit(store: Store, data: bytes) -> str:
-    return (await store.create_task(Upload.of(imaging.inspect(data, 10**8), data))).id
+    return (await store.create_task(Upload.of(header.inspect(data, 10**8), data))).id
 
 
 async def run(store: Store, tasks: int) -> None:
@@ -55,7 +55,7 @@ async def test_an_unexpected_error_is_retried_up_to_the_cap(
 ) -> None:
     calls = 0
 
-    def flaky(original: bytes) -> list[Thumbnail]:
+    def flaky(original: bytes, max_decode_bytes: int) -> list[Thumbnail]:
         nonlocal calls
         calls += 1
         raise MemoryError("simulated")
@@ -80,10 +80,10 @@ async def test_a_transient_error_then_success(
     real = worker._resize
     failures = iter([True])
 
-    def once_flaky(original: bytes) -> list[Thumbnail]:
+    def once_flaky(original: bytes, max_decode_bytes: int) -> list[Thumbnail]:
         if next(failures, False):
             raise OSError("disk hiccup")
-        return real(original)
+        return real(original, max_decode_bytes)
 
     monkeypatch.setattr(worker, "_resize", once_flaky)
     task_id = await submit(fake_store, make_image("JPEG"))

@@ -1,0 +1,106 @@
+"""What the web process needs to know of an image: its format and size from the header, whether
+its decode fits the budget, and the content type of its thumbnails.
+
+Imports Pillow and nothing of the pixel stack (numpy, imagecodecs): only the worker, through
+``resizer.imaging``, decodes pixels.
+"""
+
+from __future__ import annotations
+
+import io
+
+from PIL import (
+    AvifImagePlugin,
+    BmpImagePlugin,
+    GifImagePlugin,
+    Image,
+    JpegImagePlugin,
+    PngImagePlugin,
+    TiffImagePlugin,
+    UnidentifiedImageError,
+    WebPImagePlugin,
+)
+
+from resizer import budget
+from resizer.errors import InvalidImage
+from resizer.models import ImageInfo
+
+# What we open. Pillow knows many more formats, but some of them hand the bytes to an external
+# program (EPS runs Ghostscript) or are rarely seen outside exploits; a short list keeps the
+# attack surface to well-fuzzed decoders. (Phones' multi-picture JPEGs open through "JPEG" and
+# report themselves as "MPO".)
+INPUT_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP", "AVIF")
+# Image.open(formats=...) only knows plugins that were imported; import exactly these (and not
+# Image.init(), which registers every format).
+_PLUGINS = (
+    AvifImagePlugin,
+    BmpImagePlugin,
+    GifImagePlugin,
+    JpegImagePlugin,
+    PngImagePlugin,
+    TiffImagePlugin,
+    WebPImagePlugin,
+)
+
+# Formats Pillow writes well at thumbnail size; anything else comes out as PNG.
+_OUTPUT_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
+_ALIASES = {"mpo": "jpeg"}  # a multi-picture JPEG's first picture is a plain JPEG
+_CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
+
+
+def inspect(
+    data: bytes, max_pixels: int, max_decode_bytes: int = budget.DEFAULT_MAX_DECODE_BYTES
+) -> ImageInfo:
+    """Identify an image from its header: format and dimensions, no pixel decoding.
+
+    Raises InvalidImage (a 422) for anything the worker would refuse: not an image we take, not
+    square, over ``max_pixels``, or a decode needing more than ``max_decode_bytes``.
+    """
+    if not data:
+        raise InvalidImage("the image is empty")
+    try:
+        with Image.open(io.BytesIO(data), formats=INPUT_FORMATS) as img:
+            fmt = (img.format or "").lower()
+            width, height = img.size
+            needed = budget.decode_bytes(budget.read_header(img, data))
+    except Image.DecompressionBombError as exc:
+        raise InvalidImage(f"the image has too many pixels: {exc}") from None
+    except UnidentifiedImageError:
+        raise InvalidImage(
+            "not an image in a supported format (JPEG, PNG, WebP, GIF, TIFF, BMP, AVIF)"
+        ) from None
+    except Exception as exc:
+        # A header parser fed hostile bytes can fail in any way (struct.error, IndexError...);
+        # all of them mean the same thing to the client.
+        raise InvalidImage(f"not an image Pillow can read: {describe(exc)}") from None
+    if width <= 0 or height <= 0:
+        raise InvalidImage(f"the image has no pixels ({width}x{height})")
+    if width != height:
+        raise InvalidImage(f"the image must be square, got {width}x{height}")
+    # The worker's decoder refuses images past Pillow's bomb limit whatever RESIZER_MAX_PIXELS
+    # says: refuse them here too, with a 422 now rather than a FAILED task later.
+    limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
+    if width * height > limit:
+        raise InvalidImage(
+            f"the image is {width}x{height} = {width * height} pixels, over the limit of {limit}"
+        )
+    if needed > max_decode_bytes:
+        raise InvalidImage(budget.over_budget(needed, max_decode_bytes))
+    return ImageInfo(format=fmt, width=width, height=height)
+
+
+def output_format(input_format: str) -> str:
+    """The format a thumbnail is written in: the input's where Pillow writes it well, else PNG."""
+    fmt = _ALIASES.get(input_format, input_format)
+    return fmt if fmt in _OUTPUT_FORMATS else "png"
+
+
+def content_type(fmt: str) -> str:
+    """The media type of a thumbnail written in ``fmt`` (an ``output_format`` result)."""
+    return _CONTENT_TYPES.get(fmt, "application/octet-stream")
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as one short line for a client: its message, or its type."""
+    text = str(exc).strip() or type(exc).__name__
+    return text[:200]
