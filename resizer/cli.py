@@ -75,7 +75,9 @@ def root(
     ] = False,
 ) -> None:
     """Resize square images to 64x64 and 32x32 through a reliable Redis queue."""
-    settings = Settings(
+    # The settings without a flag of their own come from the environment.
+    settings = attrs.evolve(
+        Settings.from_env(),
         lease_seconds=lease_seconds,
         max_attempts=max_attempts,
         ttl_seconds=ttl_seconds,

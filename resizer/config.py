@@ -49,6 +49,7 @@ class Settings:
     def to_env(self) -> dict[str, str]:
         """The environment that makes a child process (``up``'s workers) see these settings."""
         env = {name: str(getattr(self, field)) for field, name in _INT_ENV.items()}
+        env["RESIZER_BODY_TIMEOUT"] = str(self.body_timeout_seconds)
         env["REDIS_URL"] = self.redis_url
         if self.api_token:
             env["RESIZER_API_TOKEN"] = self.api_token
@@ -65,6 +66,8 @@ class Settings:
         for field, name in _INT_ENV.items():
             if name in env:
                 values[field] = _positive_int(name, env[name])
+        if "RESIZER_BODY_TIMEOUT" in env:
+            values["body_timeout_seconds"] = float(env["RESIZER_BODY_TIMEOUT"])
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
 

@@ -53,6 +53,10 @@ class Figures:
     wall_seconds: float = 0.0
     outcome: str = "not run"
     notes: dict[str, Any] = attrs.Factory(dict)
+    kind: str = "fault"  # or "hostile": a row of the hostile table (answer, figure, alive)
+    answer: str = ""
+    figure: str = ""
+    alive: bool | None = None
     started: float = attrs.Factory(time.monotonic)
 
     def stop_clock(self) -> None:

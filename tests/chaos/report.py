@@ -18,6 +18,18 @@ SCENARIOS = (
     "Graceful shutdown",
     "Load",
     "Memory pressure",
+    "Slow readers of a large original",
+    "Decompression bombs",
+    "No decode helper to kill",
+    "Deeply nested JSON",
+    "A stalled body",
+    "kill -9 of the Redis of up",
+    "kill -9 of resizer up",
+    "Lost replies",
+    "100,000 tasks joined to one queued image",
+    "Junk colour profiles",
+    "Garbage uploads",
+    "Secrets and sniffing",
 )
 
 
@@ -41,17 +53,37 @@ COLUMNS = (
 )
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    rows = ordered(rows)
-    cells = [[str(row.get(key, "")) for key, _ in COLUMNS] for row in rows]
-    heads = [title for _, title in COLUMNS]
+HOSTILE_COLUMNS = (
+    ("scenario", "attack"),
+    ("answer", "answer"),
+    ("figure", "figure"),
+    ("alive", "still serving"),
+    ("lost", "lost"),
+    ("outcome", "result"),
+)
+
+
+def _markdown(rows: list[dict[str, Any]], columns: tuple[tuple[str, str], ...]) -> list[str]:
+    cells = [[str(row.get(key, "")) for key, _ in columns] for row in rows]
+    heads = [title for _, title in columns]
     widths = [max(len(c) for c in column) for column in zip(heads, *cells, strict=False)]
 
     def line(values: list[str]) -> str:
         return "| " + " | ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)) + " |"
 
-    out = [line(heads), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    out += [line(c) for c in cells]
+    return [line(heads), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [
+        line(c) for c in cells
+    ]
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    rows = ordered(rows)
+    faults = [row for row in rows if row.get("kind", "fault") != "hostile"]
+    attacks = [row for row in rows if row.get("kind") == "hostile"]
+    out = _markdown(faults, COLUMNS) if faults else []
+    if attacks:
+        out += ["", "hostile: every attack answered by a 4xx, a bounded cost or a self-heal", ""]
+        out += _markdown(attacks, HOSTILE_COLUMNS)
     total_lost = sum(int(row.get("lost", 0)) for row in rows)
     out.append("")
     out.append(f"lost in total: {total_lost}")
