@@ -129,7 +129,8 @@ class RedisServer:
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._lock_directory()
+        if self.persistent:
+            self._lock_directory()
         self.proc = spawn(self.argv)
         self._wait_ready(timeout)
         return self

@@ -231,10 +231,20 @@ async def wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> int:
 
 
 def statuses(client: redis.Redis, ids: list[str]) -> list[str | None]:
+    """Each task's status as clients see it: a task that joined another has that one's."""
     pipe = client.pipeline(transaction=False)
     for task_id in ids:
-        pipe.hget(task_key(task_id), "status")
-    return [None if s is None else s.decode() for s in pipe.execute()]
+        pipe.hmget(task_key(task_id), "status", "leader")
+    found = [
+        (None if s is None else s.decode(), None if ld is None else ld.decode())
+        for s, ld in pipe.execute()
+    ]
+    leaders = sorted({ld for s, ld in found if ld is not None and s not in FINISHED})
+    pipe = client.pipeline(transaction=False)
+    for leader in leaders:
+        pipe.hget(task_key(leader), "status")
+    of_leader = {ld: s.decode() for ld, s in zip(leaders, pipe.execute(), strict=True) if s}
+    return [of_leader.get(ld, s) if ld is not None and s not in FINISHED else s for s, ld in found]
 
 
 def task_hashes(client: redis.Redis) -> set[str]:
@@ -500,6 +510,11 @@ async def audit(client: redis.Redis, ids: list[str], base: str) -> Audit:
         task_id: {k.decode(): v.decode() for k, v in fields.items()}
         for task_id, fields in zip(ids, hashes, strict=True)
     }
+    # A task that joined another reads its status from it (as the store does).
+    seen = await asyncio.to_thread(statuses, client, ids)
+    for task_id, seen_status in zip(ids, seen, strict=True):
+        if seen_status is not None:
+            tasks[task_id]["status"] = seen_status
     status = Counter(t.get("status", "MISSING") for t in tasks.values())
     lost = sum(n for s, n in status.items() if s not in FINISHED)
     attempts = Counter(int(t.get("attempts", 0)) for t in tasks.values())

@@ -11,6 +11,7 @@ import attrs
 import redis
 
 from resizer.config import Settings
+from resizer.store.keys import partition
 from tests.chaos.harness import (
     Api,
     Cluster,
@@ -37,10 +38,11 @@ def key_names(client: redis.Redis) -> list[str]:
 
 
 def per_task_keys(client: redis.Redis) -> list[str]:
-    """Keys that exist because of some task. What may stay: the three shared queue keys and the
+    """Keys that exist because of some task. What may stay: the shared queue keys and the
     service's own counters (a handful of keys, whatever the number of tasks)."""
-    shared = ("{resizer}:waiting", "{resizer}:processing", "{resizer}:leases")
-    return [k for k in key_names(client) if k not in shared and not k.startswith("{resizer}:stats")]
+    p0 = partition(0)
+    shared = (p0.waiting, p0.processing, p0.leases, p0.stats, p0.durations, p0.failures)
+    return [k for k in key_names(client) if k not in shared]
 
 
 def used_memory(client: redis.Redis) -> int:
