@@ -12,6 +12,7 @@ import functools
 import hmac
 import json
 import mimetypes
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -34,7 +35,7 @@ from resizer.errors import (
     TaskNotReady,
     Unauthorized,
 )
-from resizer.metrics import CONTENT_TYPE, Metrics
+from resizer.metrics import Metrics, cluster_response
 from resizer.models import (
     MAX_WAIT_SECONDS,
     ErrorBody,
@@ -58,6 +59,8 @@ STORE = web.AppKey("store", Store)
 COMPLETIONS = web.AppKey("completions", Completions)
 METRICS = web.AppKey("metrics", Metrics)
 REQUEST_ID = web.RequestKey("request_id", str)
+MAIN = web.AppKey("main", web.Application)
+"""The app whose state (store, metrics) the metrics routes read."""
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -455,13 +458,25 @@ async def ready(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready", "checks": {"redis": "ok"}})
 
 
-async def metrics(request: web.Request) -> web.Response:
+async def process_metrics(request: web.Request) -> web.StreamResponse:
+    """This process's metrics (see ``metrics.py``: why two endpoints)."""
+    return await request.app[MAIN][METRICS].handler(request)
+
+
+async def cluster_metrics(request: web.Request) -> web.StreamResponse:
+    """The queue's metrics, as Redis holds them; ``resizer_redis_up 0`` when it is away."""
     try:
-        stats = await request.app[STORE].stats()
+        info = await request.app[MAIN][STORE].info(failures=0)
     except REDIS_DOWN:
-        stats = None  # still export the web process's own metrics, and redis_up 0
-    body = request.app[METRICS].render(stats)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+        info = None
+    return await cluster_response(request, info)
+
+
+def add_metrics_routes(app: web.Application, main: web.Application) -> None:
+    """``/metrics`` and ``/metrics/cluster`` on ``app``, from the state of the ``main`` app."""
+    app[MAIN] = main
+    app.router.add_get("/metrics", process_metrics)
+    app.router.add_get("/metrics/cluster", cluster_metrics)
 
 
 async def openapi_json(request: web.Request) -> web.Response:
@@ -506,18 +521,47 @@ def make_app(settings: Settings, store: Store | None = None) -> web.Application:
     app.router.add_get("/tasks/{task_id}/image", get_image)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
-    app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi_json)
+    if settings.metrics_addr is None:
+        add_metrics_routes(app, app)
+    return app
+
+
+def make_metrics_app(main: web.Application) -> web.Application:
+    """The metrics alone, for ``RESIZER_METRICS_ADDR``: an address that need not be public."""
+    app = web.Application(middlewares=[error_middleware])
+    app[SETTINGS] = main[SETTINGS]
+    app[METRICS] = main[METRICS]
+    app.on_response_prepare.append(_common_headers)
+    add_metrics_routes(app, main)
     return app
 
 
 def serve(settings: Settings, host: str, port: int) -> None:
-    """Run the web server until SIGTERM/SIGINT (aiohttp's runner handles both gracefully)."""
-    web.run_app(
-        make_app(settings),
-        host=host,
-        port=port,
-        access_log=None,
-        print=lambda msg: log.info("server.started", host=host, port=port),
-        shutdown_timeout=10,
-    )
+    """Run the web server until SIGTERM/SIGINT, finishing the requests in flight."""
+    asyncio.run(_serve(settings, host, port))
+
+
+async def _serve(settings: Settings, host: str, port: int) -> None:
+    app = make_app(settings)
+    sites = [(app, host, port)]
+    if settings.metrics_addr is not None:
+        metrics_host, _, metrics_port = settings.metrics_addr.rpartition(":")
+        sites.append((make_metrics_app(app), metrics_host or "0.0.0.0", int(metrics_port)))  # noqa: S104
+    runners = []
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        for site_app, site_host, site_port in sites:
+            runner = web.AppRunner(site_app, access_log=None, shutdown_timeout=10)
+            await runner.setup()
+            runners.append(runner)
+            await web.TCPSite(runner, site_host, site_port, shutdown_timeout=10).start()
+        log.info("server.started", host=host, port=port, metrics=settings.metrics_addr)
+        await stop.wait()
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()
+        log.info("server.stopped")

@@ -35,6 +35,7 @@ class Settings:
     partitions: int = 1
     api_token: str | None = attrs.field(default=None, repr=False)
     body_timeout_seconds: float = 30.0
+    metrics_addr: str | None = None
 
     @property
     def heartbeat_seconds(self) -> float:
@@ -50,6 +51,8 @@ class Settings:
         """The environment that makes a child process (``up``'s workers) see these settings."""
         env = {name: str(getattr(self, field)) for field, name in _INT_ENV.items()}
         env["RESIZER_BODY_TIMEOUT"] = str(self.body_timeout_seconds)
+        if self.metrics_addr:
+            env["RESIZER_METRICS_ADDR"] = self.metrics_addr
         env["REDIS_URL"] = self.redis_url
         if self.api_token:
             env["RESIZER_API_TOKEN"] = self.api_token
@@ -66,6 +69,8 @@ class Settings:
         for field, name in _INT_ENV.items():
             if name in env:
                 values[field] = _positive_int(name, env[name])
+        if env.get("RESIZER_METRICS_ADDR"):
+            values["metrics_addr"] = env["RESIZER_METRICS_ADDR"]
         if "RESIZER_BODY_TIMEOUT" in env:
             values["body_timeout_seconds"] = float(env["RESIZER_BODY_TIMEOUT"])
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -1,20 +1,33 @@
-"""Prometheus metrics for ``GET /metrics``.
+"""Prometheus metrics, served by prometheus_client's own aiohttp handler (content negotiation,
+OpenMetrics).
 
-Two sources, on purpose:
+Two endpoints, so that a sum over web replicas is right:
 
-- HTTP metrics are the web process's own (prometheus-client objects in a per-app registry).
-- Task metrics are counted *in Redis* by the same Lua scripts that change task state, so they
-  are exact, atomic with the transitions, and include every worker's work. Workers are many,
-  short-lived and have no stable address to scrape; the web process exports their counts at
-  scrape time. (Summing across several web replicas would double them: scrape one, or use
-  ``max`` in queries.)
+- ``/metrics``: this process. HTTP requests and their latency, the process and platform
+  collectors (CPU, memory, file descriptors, Python), ``resizer_build_info``. Scrape every
+  replica; ``sum()`` adds them up.
+- ``/metrics/cluster``: the queue as Redis holds it, the same whichever replica answers. Task
+  counters kept by the scripts that change task state (exact, and including every worker's
+  work), the processing-time and claim-wait histograms, queue lengths, the oldest waiting
+  task's age, workers by state. Scrape it once, through the Service: scraping it on every
+  replica would count it once per replica.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+import prometheus_client
+from aiohttp import web
+from prometheus_client import (
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    Info,
+)
+from prometheus_client.aiohttp import make_aiohttp_handler
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -22,9 +35,11 @@ from prometheus_client.core import (
     Metric,
 )
 
-from resizer.models import DURATION_BUCKETS, QueueStats
+from resizer import __version__
+from resizer.models import CLAIM_WAIT_BUCKETS, DURATION_BUCKETS, QueueInfo
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# A `_created` sample beside every counter and histogram only doubles the series.
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
 _TASK_COUNTERS = {
     "created": "Tasks accepted by POST /tasks",
@@ -36,8 +51,15 @@ _TASK_COUNTERS = {
 
 
 class Metrics:
+    """This process's metrics: one registry per app."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.registry.register(PROCESS_COLLECTOR)
+        self.registry.register(PLATFORM_COLLECTOR)
+        Info("resizer_build", "The running version", registry=self.registry).info(
+            {"version": __version__}
+        )
         self.requests = Counter(
             "resizer_http_requests",
             "HTTP requests answered, by route and status",
@@ -50,18 +72,22 @@ class Metrics:
             ["method", "route"],
             registry=self.registry,
         )
+        self.handler = make_aiohttp_handler(self.registry)
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).inc()
         self.latency.labels(method, route).observe(seconds)
 
-    def render(self, stats: QueueStats | None) -> bytes:
-        """The exposition text; ``stats`` is None when Redis could not be read."""
-        return generate_latest(self.registry) + generate_latest(_Snapshot(_task_metrics(stats)))
+
+async def cluster_response(request: web.Request, info: QueueInfo | None) -> web.StreamResponse:
+    """The queue's metrics read once for this scrape; ``info`` is None when Redis is away."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot(_cluster_families(info)))
+    return await make_aiohttp_handler(registry)(request)
 
 
 class _Snapshot:
-    """A registry-like object holding metric families read once for this scrape."""
+    """A collector of metric families read once for one scrape."""
 
     def __init__(self, families: Iterable[Metric]) -> None:
         self._families = list(families)
@@ -70,12 +96,13 @@ class _Snapshot:
         return iter(self._families)
 
 
-def _task_metrics(stats: QueueStats | None) -> Iterator[Metric]:
+def _cluster_families(info: QueueInfo | None) -> Iterator[Metric]:
     yield GaugeMetricFamily(
-        "resizer_redis_up", "1 if the task store answered this scrape", value=int(stats is not None)
+        "resizer_redis_up", "1 if the task store answered this scrape", value=int(info is not None)
     )
-    if stats is None:
+    if info is None:
         return
+    stats = info.stats
     for name, help_text in _TASK_COUNTERS.items():
         yield CounterMetricFamily(
             f"resizer_tasks_{name}", help_text, value=stats.counters.get(name, 0)
@@ -86,18 +113,39 @@ def _task_metrics(stats: QueueStats | None) -> Iterator[Metric]:
     for outcome in ("done", "failed"):
         finished.add_metric([outcome], stats.counters.get(outcome, 0))
     yield finished
-    # The scripts count each observation in its own bucket only; the exposition is cumulative.
-    buckets, total = [], 0.0
-    for le in [*(str(le) for le in DURATION_BUCKETS), "+Inf"]:
-        total += stats.durations.get(le, 0.0)
-        buckets.append((le, total))
-    yield HistogramMetricFamily(
+    yield _histogram(
         "resizer_task_processing_seconds",
         "Time a worker spent on a task (decode, resize, encode)",
-        buckets=buckets,
-        sum_value=stats.durations.get("sum", 0.0),
+        DURATION_BUCKETS,
+        stats.durations,
+    )
+    yield _histogram(
+        "resizer_task_claim_wait_seconds",
+        "Time from a task's creation to its first claim by a worker",
+        CLAIM_WAIT_BUCKETS,
+        stats.claim_waits,
     )
     yield GaugeMetricFamily("resizer_queue_waiting", "Tasks waiting", value=stats.waiting)
     yield GaugeMetricFamily(
         "resizer_queue_in_flight", "Tasks held by a worker (leased)", value=stats.in_flight
     )
+    yield GaugeMetricFamily(
+        "resizer_queue_oldest_waiting_seconds",
+        "Age of the oldest waiting task (0 when none waits)",
+        value=stats.oldest_waiting_seconds,
+    )
+    workers = GaugeMetricFamily("resizer_workers", "Live workers, by state", labels=["state"])
+    for state in ("idle", "busy"):
+        workers.add_metric([state], sum(1 for w in info.workers if w.state == state))
+    yield workers
+
+
+def _histogram(
+    name: str, help_text: str, bounds: tuple[float, ...], counts: dict[str, float]
+) -> HistogramMetricFamily:
+    # The scripts count each observation in its own bucket only; the exposition is cumulative.
+    buckets, total = [], 0.0
+    for le in [*(repr(b) for b in bounds), "+Inf"]:
+        total += counts.get(le, 0.0)
+        buckets.append((le, total))
+    return HistogramMetricFamily(name, help_text, buckets=buckets, sum_value=counts.get("sum", 0.0))

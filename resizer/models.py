@@ -117,6 +117,24 @@ DURATION_BUCKETS: tuple[float, ...] = (
 )
 """Upper bounds (seconds) of the processing-time histogram's buckets."""
 
+CLAIM_WAIT_BUCKETS: tuple[float, ...] = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+)
+"""Upper bounds (seconds) of the histogram of how long tasks wait for their first claim."""
+
 
 @attrs.frozen
 class QueueStats:
@@ -126,6 +144,62 @@ class QueueStats:
     durations: dict[str, float]  # observations per bucket ("0.1", ..., "+Inf"), "count", "sum"
     waiting: int
     in_flight: int
+    claim_waits: dict[str, float] = attrs.Factory(dict)  # per bucket (seconds), "count", "sum"
+    oldest_waiting_seconds: float = 0.0
+
+
+@attrs.frozen
+class WorkerRecord:
+    """Who a worker is and what it did, as its heartbeat keeps it in the store."""
+
+    name: str
+    host: str
+    pid: int
+    version: str
+    started_at: datetime
+    seen_at: datetime
+    done: int = 0
+    failed: int = 0
+
+
+@attrs.frozen
+class WorkerView:
+    record: WorkerRecord
+    task_id: str | None = None
+    """The task it holds now (None: idle)."""
+
+    @property
+    def state(self) -> str:
+        return "idle" if self.task_id is None else "busy"
+
+
+@attrs.frozen
+class InFlight:
+    """A task a worker holds: who, since when, which attempt."""
+
+    task_id: str
+    worker: str
+    attempt: int
+    since: datetime
+
+
+@attrs.frozen
+class Failure:
+    task_id: str
+    at: datetime
+    error: str
+
+
+@attrs.frozen
+class QueueInfo:
+    """The operator's view of the queue (``resizer info``)."""
+
+    at: datetime
+    stats: QueueStats
+    taken_unclaimed: int
+    in_flight: list[InFlight]
+    workers: list[WorkerView]
+    failures: list[Failure]
 
 
 @attrs.frozen

@@ -23,6 +23,15 @@ _ID = {
 }
 
 
+_METRICS: dict[str, Any] = {
+    "description": "Metrics, in the text format or OpenMetrics (by the Accept header)",
+    "content": {
+        "text/plain": {"schema": {"type": "string"}},
+        "application/openmetrics-text": {"schema": {"type": "string"}},
+    },
+}
+
+
 def _error(description: str) -> dict[str, Any]:
     return {"description": description, **_ERROR_RESPONSE}
 
@@ -243,13 +252,15 @@ def _document() -> dict[str, Any]:
             "/metrics": {
                 "get": {
                     "operationId": "metrics",
-                    "summary": "Prometheus metrics (text exposition format)",
-                    "responses": {
-                        "200": {
-                            "description": "Metrics",
-                            "content": {"text/plain": {"schema": {"type": "string"}}},
-                        }
-                    },
+                    "summary": "This process's Prometheus metrics (scrape every replica)",
+                    "responses": {"200": _METRICS},
+                }
+            },
+            "/metrics/cluster": {
+                "get": {
+                    "operationId": "clusterMetrics",
+                    "summary": "The queue's Prometheus metrics, as Redis holds them (scrape once)",
+                    "responses": {"200": _METRICS},
                 }
             },
             "/openapi.json": {

@@ -9,6 +9,7 @@ from contextlib import suppress
 
 import structlog
 
+from resizer import liveness
 from resizer.backoff import Backoff
 from resizer.config import Settings
 from resizer.models import RecoveryReport
@@ -39,6 +40,7 @@ async def run_recovery(settings: Settings, every: float | None, say: Callable[[s
     async with open_store(settings) as store:
         while True:
             try:
+                liveness.touch("recover")
                 if not checked:
                     await store.check_memory_policy()
                     checked = True

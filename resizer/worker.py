@@ -15,14 +15,15 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from datetime import UTC, datetime
 
 import structlog
 
-from resizer import faults, imaging, memory
+from resizer import __version__, faults, imaging, liveness, memory
 from resizer.backoff import Backoff
 from resizer.config import Settings
 from resizer.errors import ImageDecodeError
-from resizer.models import Claim, Thumbnail
+from resizer.models import Claim, Thumbnail, WorkerRecord
 from resizer.recovery import recover_once
 from resizer.store import REDIS_DOWN, REDIS_FULL, Store, open_store
 
@@ -37,10 +38,42 @@ class Worker:
         self.store = store
         self.settings = settings
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
-        self.processed = 0
+        self.processed = 0  # tasks handled, whatever their outcome
+        self.done = 0
+        self.failed = 0
+        self.started_at = datetime.now(UTC)
 
     async def run(self, stop: asyncio.Event, *, max_tasks: int | None = None) -> None:
         """Process tasks until ``stop`` is set (the task in hand is always finished first)."""
+        presence = asyncio.create_task(self._presence(), name="worker presence")
+        try:
+            await self._loop(stop, max_tasks)
+        finally:
+            presence.cancel()
+            with suppress(asyncio.CancelledError):
+                await presence
+
+    async def _presence(self) -> None:
+        """Show this worker is alive: its record in the store (for ``resizer info``), and the
+        liveness file (for ``resizer work --check``), every heartbeat, busy or idle."""
+        interval = self.settings.heartbeat_seconds
+        while True:
+            liveness.touch("work")
+            record = WorkerRecord(
+                name=self.name,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                version=__version__,
+                started_at=self.started_at,
+                seen_at=datetime.now(UTC),
+                done=self.done,
+                failed=self.failed,
+            )
+            with suppress(*REDIS_DOWN, *REDIS_FULL):
+                await self.store.heartbeat_worker(record, ttl_seconds=3 * interval)
+            await asyncio.sleep(interval)
+
+    async def _loop(self, stop: asyncio.Event, max_tasks: int | None) -> None:
         backoff = Backoff()
         next_recovery = 0.0
         checked = False
@@ -83,7 +116,8 @@ class Worker:
     async def _resize_and_complete(self, claim: Claim) -> None:
         original = claim.original
         if original is None:
-            await self.store.fail(claim, "the original image is gone (its retention expired)")
+            if await self.store.fail(claim, "the original image is gone (its retention expired)"):
+                self.failed += 1
             log.warning("task.failed", error="original missing")
             return
         started = time.perf_counter()
@@ -91,6 +125,7 @@ class Worker:
             thumbnails = await asyncio.to_thread(_resize, original, self.settings.max_decode_bytes)
         except ImageDecodeError as exc:
             if await self.store.fail(claim, exc.message):
+                self.failed += 1
                 log.info("task.failed", error=exc.message)
             else:
                 log.warning("lease.lost", during="fail")
@@ -104,6 +139,7 @@ class Worker:
         faults.hit("before_complete")
         seconds = time.perf_counter() - started
         if await self._complete_despite_outage(claim, thumbnails[0].format, images, seconds):
+            self.done += 1
             faults.hit("after_complete")
             log.info(
                 "task.done",

@@ -48,19 +48,26 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.exceptions
 import structlog
+from redis.typing import EncodableT, FieldT
 
 from resizer.config import Settings
 from resizer.errors import EvictingRedis
 from resizer.models import (
+    CLAIM_WAIT_BUCKETS,
     DURATION_BUCKETS,
     Claim,
+    Failure,
     ImageInfo,
     ImageSize,
+    InFlight,
+    QueueInfo,
     QueueStats,
     RecoveryReport,
     Task,
     TaskStatus,
     Upload,
+    WorkerRecord,
+    WorkerView,
 )
 from resizer.store import keys
 from resizer.store.completions import Signal
@@ -71,6 +78,7 @@ from resizer.store.scripts import Script
 log = structlog.get_logger("resizer.store")
 
 _LEADER_FIELDS = ("status", "updated_at", "error", "result_format")
+_CLAIM_WAIT_MS = [str(round(le * 1000)) for le in CLAIM_WAIT_BUCKETS]
 
 
 class Store:
@@ -262,8 +270,15 @@ class Store:
             return None
         token = token or secrets.token_hex(16)
         claimed = await self._claim(
-            keys=[part.task(task_id), part.processing, part.leases],
-            args=[task_id, token, self.settings.lease_seconds * 1000, worker, part.tag],
+            keys=[part.task(task_id), part.processing, part.leases, part.claim_waits],
+            args=[
+                task_id,
+                token,
+                self.settings.lease_seconds * 1000,
+                worker,
+                part.tag,
+                *_CLAIM_WAIT_MS,
+            ],
         )
         if not claimed:
             return None
@@ -410,27 +425,116 @@ class Store:
     # --- introspection --------------------------------------------------------------------------
 
     async def stats(self) -> QueueStats:
-        """Counters kept by the scripts (so every worker's work is counted), and queue lengths,
-        summed over the partitions."""
+        """Counters kept by the scripts (so every worker's work is counted), histograms, queue
+        lengths and the oldest waiting task's age, over every partition."""
         counters: dict[str, int] = {}
         durations: dict[str, float] = {}
+        claim_waits: dict[str, float] = {}
         waiting = in_flight = 0
+        oldest_ms: int | None = None
         for part in self.partitions:
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.hgetall(part.stats)
                 pipe.hgetall(part.durations)
+                pipe.hgetall(part.claim_waits)
                 pipe.llen(part.waiting)
                 pipe.zcard(part.leases)
-                part_counters, part_durations, part_waiting, part_leased = await pipe.execute()
-            for name, value in part_counters.items():
-                counters[_text(name)] = counters.get(_text(name), 0) + int(value)
-            for name, value in part_durations.items():
-                durations[_text(name)] = durations.get(_text(name), 0.0) + float(value)
-            waiting += int(part_waiting)
-            in_flight += int(part_leased)
+                pipe.lindex(part.waiting, -1)  # the next one out: the oldest
+                found = await pipe.execute()
+            _add(counters, found[0], int)
+            _add(durations, found[1], float)
+            _add(claim_waits, {_claim_wait_label(k): v for k, v in found[2].items()}, float)
+            waiting += int(found[3])
+            in_flight += int(found[4])
+            if found[5] is not None:
+                created = await self.redis.hget(part.task(_text(found[5])), "created_at")
+                if created is not None:
+                    oldest_ms = min(int(created), oldest_ms or int(created))
+        oldest = 0.0
+        if oldest_ms is not None:
+            oldest = max(0.0, (await self._now_ms() - oldest_ms) / 1000)
         return QueueStats(
-            counters=counters, durations=durations, waiting=waiting, in_flight=in_flight
+            counters=counters,
+            durations=durations,
+            waiting=waiting,
+            in_flight=in_flight,
+            claim_waits=claim_waits,
+            oldest_waiting_seconds=oldest,
         )
+
+    async def _now_ms(self) -> int:
+        seconds, micros = await self.redis.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    # --- workers and the operator's view ---------------------------------------------------------
+
+    async def heartbeat_worker(self, record: WorkerRecord, ttl_seconds: float) -> None:
+        """Keep ``record`` in the store for ``ttl_seconds`` more (a worker's heartbeat)."""
+        key = keys.worker_key(record.name)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(key, mapping=_worker_fields(record))
+            pipe.pexpire(key, int(ttl_seconds * 1000))
+            pipe.zadd(keys.WORKERS, {record.name: int(record.seen_at.timestamp() * 1000)})
+            await pipe.execute()
+
+    async def info(self, failures: int = 10) -> QueueInfo:
+        """The queue as an operator sees it: lengths, tasks in flight, workers, failures."""
+        stats = await self.stats()
+        now = _ms_to_datetime(await self._now_ms())
+        in_flight: list[InFlight] = []
+        taken = 0
+        recent: list[Failure] = []
+        for part in self.partitions:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.lrange(part.processing, 0, -1)
+                pipe.zrange(part.leases, 0, -1)
+                pipe.lrange(part.failures, 0, failures - 1)
+                processing, leased, failed = await pipe.execute()
+            taken += len(set(processing) - set(leased))
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for raw in leased:
+                    pipe.hmget(part.task(_text(raw)), "worker", "attempts", "updated_at")
+                details = await pipe.execute()
+            for raw, (worker, attempts, updated) in zip(leased, details, strict=True):
+                if updated is None:
+                    continue  # expired or deleted meanwhile
+                in_flight.append(
+                    InFlight(
+                        task_id=_text(raw),
+                        worker=_text(worker or b"?"),
+                        attempt=int(attempts or 0),
+                        since=_ms_to_datetime(updated),
+                    )
+                )
+            for entry in failed:
+                task_id, at, error = _text(entry).split("\t", 2)
+                recent.append(Failure(task_id=task_id, at=_ms_to_datetime(int(at)), error=error))
+        recent.sort(key=lambda f: f.at, reverse=True)
+        holding = {f.worker: f.task_id for f in in_flight}
+        workers = [
+            WorkerView(record=record, task_id=holding.get(record.name))
+            for record in await self._workers(now)
+        ]
+        return QueueInfo(
+            at=now,
+            stats=stats,
+            taken_unclaimed=taken,
+            in_flight=sorted(in_flight, key=lambda f: f.since),
+            workers=workers,
+            failures=recent[:failures],
+        )
+
+    async def _workers(self, now: datetime) -> list[WorkerRecord]:
+        found_names: list[bytes] = await self.redis.zrange(keys.WORKERS, 0, -1)  # type: ignore[assignment]
+        names = [_text(n) for n in found_names]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hgetall(keys.worker_key(name))
+            found = await pipe.execute()
+        gone = [name for name, fields in zip(names, found, strict=True) if not fields]
+        if gone:
+            await self.redis.zrem(keys.WORKERS, *gone)  # their records expired: they stopped
+        return [_worker_from_hash(fields) for fields in found if fields]
 
     async def ping(self) -> None:
         await self.redis.ping()
@@ -462,6 +566,44 @@ class Store:
         if self._work is not None:
             await self._work.stop()
         await self.redis.aclose()
+
+
+def _add(into: dict[str, Any], found: dict[Any, Any], kind: type) -> None:
+    for name, value in found.items():
+        label = _text(name)
+        into[label] = into.get(label, kind(0)) + kind(value)
+
+
+def _claim_wait_label(bucket: bytes | str) -> str:
+    """The claim script names buckets by their bound in ms; histograms speak seconds."""
+    label = _text(bucket)
+    return label if not label.isdigit() else repr(int(label) / 1000)
+
+
+def _worker_fields(record: WorkerRecord) -> dict[FieldT, EncodableT]:
+    return {
+        "name": record.name,
+        "host": record.host,
+        "pid": record.pid,
+        "version": record.version,
+        "started_at": int(record.started_at.timestamp() * 1000),
+        "seen_at": int(record.seen_at.timestamp() * 1000),
+        "done": record.done,
+        "failed": record.failed,
+    }
+
+
+def _worker_from_hash(fields: dict[Any, Any]) -> WorkerRecord:
+    return WorkerRecord(
+        name=_text(fields[b"name"]),
+        host=_text(fields[b"host"]),
+        pid=int(fields[b"pid"]),
+        version=_text(fields[b"version"]),
+        started_at=_ms_to_datetime(fields[b"started_at"]),
+        seen_at=_ms_to_datetime(fields[b"seen_at"]),
+        done=int(fields[b"done"]),
+        failed=int(fields[b"failed"]),
+    )
 
 
 def _text(value: bytes | str) -> str:

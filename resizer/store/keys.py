@@ -24,13 +24,16 @@ key (``{T}`` is the partition tag)  type    what
 ``{T}:leases``                      zset    id -> lease deadline, ms on the Redis clock
 ``{T}:stats``                       hash    counters kept by the scripts (created, done, ...)
 ``{T}:durations``                   hash    processing-time histogram: count per bucket, sum
+``{T}:claim_waits``                 hash    created -> first claim histogram: count per bucket
 ``{T}:failures``                    list    the latest failures: ``id<TAB>ms<TAB>error``
 ``{T}:finished``                    pubsub  the id of every queued task that became DONE or
                                             FAILED (tasks that joined it finish with it)
 ``resizer:work``                    pubsub  the partition of every task queued (wakes idle
                                             workers when there is more than one partition)
-``resizer:workers``                 zset    worker name -> last heartbeat (ms)
-``resizer:worker:<name>``           hash    what that worker is doing (expires unless renewed)
+``{resizer}:workers``               zset    worker name -> last heartbeat (ms)
+``{resizer}:worker:<name>``         hash    who that worker is and what it did (host, pid,
+                                            version, started, tasks done and failed); expires
+                                            unless its heartbeat renews it
 ==================================  ======  =====================================================
 
 ``<id>`` is a task id, ``<sha>`` the SHA-256 of an original's bytes: images are stored once per
@@ -52,11 +55,11 @@ MAX_PARTITIONS: Final = 256
 """Partitions are numbered in two hex digits of the task id."""
 
 WORK_CHANNEL: Final = f"{NAMESPACE}:work"
-WORKERS: Final = f"{NAMESPACE}:workers"
+WORKERS: Final = "{" + NAMESPACE + "}:workers"
 
 
 def worker_key(name: str) -> str:
-    return f"{NAMESPACE}:worker:{name}"
+    return "{" + NAMESPACE + "}" + f":worker:{name}"
 
 
 @attrs.frozen
@@ -94,6 +97,10 @@ class Partition:
     @property
     def durations(self) -> str:
         return f"{self.tag}:durations"
+
+    @property
+    def claim_waits(self) -> str:
+        return f"{self.tag}:claim_waits"
 
     @property
     def failures(self) -> str:

@@ -24,7 +24,7 @@ from schemathesis.checks import (
 )
 from schemathesis.core.result import Ok
 
-from resizer import openapi
+from resizer import __version__, openapi
 from resizer.api import make_app
 from resizer.config import Settings
 from resizer.embedded import free_port
@@ -61,7 +61,7 @@ async def test_metrics_count_tasks_from_every_process_and_http_requests(
     await run_worker_until_idle(real_settings, 2)  # the worker counts into Redis
     await client.get("/tasks/nope")
 
-    response = await client.get("/metrics")
+    response = await client.get("/metrics/cluster")
     assert response.status == 200
     assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
     found = samples(await response.text())
@@ -72,25 +72,130 @@ async def test_metrics_count_tasks_from_every_process_and_http_requests(
     assert found[("resizer_tasks_finished_total", (("outcome", "failed"),))] == 0
     assert found[("resizer_task_processing_seconds_count", ())] == 2
     assert found[("resizer_task_processing_seconds_bucket", (("le", "+Inf"),))] == 2
+    assert found[("resizer_task_claim_wait_seconds_count", ())] == 2  # the joined one: never
+    assert found[("resizer_task_claim_wait_seconds_bucket", (("le", "+Inf"),))] == 2
     assert found[("resizer_tasks_recovered_total", ())] == 0
     assert found[("resizer_tasks_attempt_cap_failures_total", ())] == 0
     assert found[("resizer_queue_waiting", ())] == 0
     assert found[("resizer_queue_in_flight", ())] == 0
+    assert found[("resizer_queue_oldest_waiting_seconds", ())] == 0
+    assert found[("resizer_workers", (("state", "busy"),))] == 0
+
+    own = samples(await (await client.get("/metrics")).text())
     post = (("method", "POST"), ("route", "/tasks"), ("status", "201"))
-    assert found[("resizer_http_requests_total", post)] == 3
+    assert own[("resizer_http_requests_total", post)] == 3
     missing = (("method", "GET"), ("route", "/tasks/{task_id}"), ("status", "404"))
-    assert found[("resizer_http_requests_total", missing)] == 1
+    assert own[("resizer_http_requests_total", missing)] == 1
     latency = (("le", "+Inf"), ("method", "POST"), ("route", "/tasks"))
-    assert found[("resizer_http_request_duration_seconds_bucket", latency)] == 3
+    assert own[("resizer_http_request_duration_seconds_bucket", latency)] == 3
+    version = own[("resizer_build_info", (("version", __version__),))]
+    assert version == 1
+    assert own[("process_resident_memory_bytes", ())] > 0
+    assert ("python_info", (("implementation", "CPython"), *python_labels())) in own
+    # What one replica knows of the queue is not in its own metrics: summing those over
+    # replicas must not count a task twice.
+    assert not any(name.startswith("resizer_tasks") for name, _ in own)
+
+
+def python_labels() -> tuple[tuple[str, str], ...]:
+    import platform
+
+    major, minor, patch = platform.python_version_tuple()
+    return (
+        ("major", major),
+        ("minor", minor),
+        ("patchlevel", patch),
+        ("version", platform.python_version()),
+    )
+
+
+async def test_the_oldest_waiting_task_and_the_workers(
+    client: Client, real_settings: Settings
+) -> None:
+    import asyncio
+    from datetime import UTC, datetime
+
+    from resizer.models import WorkerRecord
+    from resizer.store import Store, client_for
+
+    await post_image(client, make_image("PNG", unique=True))
+    store = Store(client_for(real_settings.redis_url), real_settings)
+    try:
+        now = datetime.now(UTC)
+        record = WorkerRecord("w1", "host", 1, __version__, now, now, done=5, failed=1)
+        await store.heartbeat_worker(record, ttl_seconds=60)
+        await asyncio.sleep(0.3)  # the task ages on Redis's clock
+        found = samples(await (await client.get("/metrics/cluster")).text())
+        assert found[("resizer_queue_waiting", ())] == 1
+        assert found[("resizer_queue_oldest_waiting_seconds", ())] >= 0.3
+        assert found[("resizer_workers", (("state", "idle"),))] == 1
+    finally:
+        await store.close()
+
+
+async def test_the_metrics_pass_the_exposition_rules(client: Client) -> None:
+    """What `promtool check metrics` checks, with the library's own parser."""
+    import re
+
+    await post_image(client, make_image("PNG", unique=True))
+    for path in ("/metrics", "/metrics/cluster"):
+        text = await (await client.get(path)).text()
+        names = set()
+        for family in text_string_to_metric_families(text):
+            assert re.fullmatch(r"[a-zA-Z_:][a-zA-Z0-9_:]*", family.name), family.name
+            assert family.documentation, f"{family.name} has no HELP"
+            assert family.name not in names, f"{family.name} twice"
+            names.add(family.name)
+            if family.type == "counter":
+                assert all(s.name.endswith("_total") for s in family.samples), family.name
+            assert not family.name.endswith("_total") or family.type == "counter", family.name
+            for sample in family.samples:
+                assert not sample.name.endswith("_created"), sample.name
+            if "seconds" in family.name or "bytes" in family.name:
+                assert family.name.endswith(("_seconds", "_bytes", "_seconds_total")), family.name
+        assert not re.search(r"_created\b", text)
+    openmetrics = await client.get(
+        "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+    )
+    assert openmetrics.headers["Content-Type"].startswith("application/openmetrics-text")
+    assert (await openmetrics.text()).rstrip().endswith("# EOF")
 
 
 async def test_metrics_still_answer_when_redis_is_down(
     aiohttp_client: Callable[[web.Application], Awaitable[Client]],
 ) -> None:
     client = await aiohttp_client(make_app(Settings(redis_url=f"redis://127.0.0.1:{free_port()}")))
-    response = await client.get("/metrics")
+    response = await client.get("/metrics/cluster")
     assert response.status == 200
     assert samples(await response.text())[("resizer_redis_up", ())] == 0
+    assert (await client.get("/metrics")).status == 200
+
+
+async def test_metrics_on_their_own_address(
+    aiohttp_client: Callable[[web.Application], Awaitable[Client]],
+    aiohttp_server: Callable[[web.Application], Awaitable[Any]],
+    real_settings: Settings,
+) -> None:
+    import attrs
+
+    from resizer.api import make_metrics_app
+
+    private = attrs.evolve(real_settings, metrics_addr="127.0.0.1:0", api_token="tok")
+    main = make_app(private)
+    client = await aiohttp_client(main)
+    assert (await client.get("/metrics", headers={"Authorization": "Bearer tok"})).status == 404
+    metrics = await aiohttp_server(make_metrics_app(main))
+    async with metrics_session() as session:
+        for path in ("/metrics", "/metrics/cluster"):
+            async with session.get(f"http://{metrics.host}:{metrics.port}{path}") as response:
+                assert response.status == 200  # no token needed on the private address
+                assert "resizer_" in await response.text()
+
+
+def metrics_session() -> Any:
+    import aiohttp
+
+    return aiohttp.ClientSession()
 
 
 async def test_the_openapi_document_is_valid_and_served(client: Client) -> None:
@@ -164,7 +269,7 @@ def test_the_api_conforms_to_its_document(live_url: str) -> None:
         assert isinstance(result, Ok), result
         operations.append(result.ok())
     # Every route but /openapi.json itself, which schemathesis leaves out.
-    assert len(operations) == 7
+    assert len(operations) == 8
     for operation in operations:
 
         @given(case=operation.as_strategy())

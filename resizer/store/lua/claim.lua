@@ -1,13 +1,15 @@
 --@include prelude
 -- Turn an id a worker took (BLMOVE) into a leased claim: IN_PROGRESS, attempt counted, the
 -- caller's token, a lease deadline; and hand back the original, which the worker reads next.
--- KEYS: task, processing, leases   ARGV: id, token, lease_ms, worker, partition tag
+-- KEYS: task, processing, leases, claim_waits
+-- ARGV: id, token, lease_ms, worker, partition tag, then the claim-wait histogram's bucket
+--       bounds in ms, ascending
 -- Returns {attempt, digest, original or false}, or 0 when the id is not claimable (its task
 -- expired or was deleted, or this is a stale second delivery): one copy of it is dropped.
 local task, processing, leases = KEYS[1], KEYS[2], KEYS[3]
 local id, token, tag = ARGV[1], ARGV[2], ARGV[5]
-local status, held, attempts, digest = unpack(
-  redis.call('HMGET', task, 'status', 'token', 'attempts', 'digest'))
+local status, held, attempts, digest, created = unpack(
+  redis.call('HMGET', task, 'status', 'token', 'attempts', 'digest', 'created_at'))
 
 local function claimed(attempt)
   return {attempt, digest, redis.call('GET', tag .. ':blob:' .. digest)}
@@ -25,4 +27,14 @@ local attempt = redis.call('HINCRBY', task, 'attempts', 1)
 redis.call('HSET', task, 'status', 'IN_PROGRESS', 'token', token, 'worker', ARGV[4],
            'updated_at', now)
 redis.call('ZADD', leases, now + tonumber(ARGV[3]), id)
+if attempt == 1 then
+  -- How long tasks wait for a worker: the bucket of this one's wait, '+Inf' past the last.
+  local waited, bucket = now - tonumber(created), '+Inf'
+  for i = 6, #ARGV do
+    if waited <= tonumber(ARGV[i]) then bucket = ARGV[i]; break end
+  end
+  redis.call('HINCRBY', KEYS[4], bucket, 1)
+  redis.call('HINCRBY', KEYS[4], 'count', 1)
+  redis.call('HINCRBYFLOAT', KEYS[4], 'sum', waited / 1000)
+end
 return claimed(attempt)
