@@ -107,6 +107,9 @@ def _http_error_response(request: web.Request, exc: web.HTTPException) -> web.Re
     )
 
 
+_PROBE_ROUTES = frozenset({"/health", "/ready", "/metrics"})
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The one place where errors become HTTP responses, and where each request is logged."""
@@ -136,7 +139,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         route = resource.canonical if resource is not None else "<unmatched>"
         seconds = time.perf_counter() - started
         request.app[METRICS].observe(request.method, route, response.status, seconds)
-        log.info(
+        # Probes and scrapes come every few seconds: at info they would drown the real traffic.
+        emit = log.debug if route in _PROBE_ROUTES else log.info
+        emit(
             "request.handled",
             method=request.method,
             route=route,

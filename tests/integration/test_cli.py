@@ -149,7 +149,7 @@ def test_failures_are_one_clear_line_and_a_nonzero_exit(up: Up, tmp_path: Path) 
 
     nowhere = f"http://127.0.0.1:{free_port()}"
     unreachable = resizer("status", "abc", url=nowhere)
-    assert unreachable.returncode == 1
+    assert unreachable.returncode == 3  # the documented code for an unreachable server
     assert nowhere in unreachable.stderr
     assert "resizer up" in unreachable.stderr
     assert "Traceback" not in unreachable.stderr
