@@ -16,9 +16,13 @@ if TYPE_CHECKING:
         BadResponse,
         Client,
         FetchedImage,
+        ImageSize,
         ResizerError,
         ServerUnreachable,
+        TaskCreated,
         TaskFailed,
+        TaskStatus,
+        TaskView,
         WaitTimeout,
     )
 
@@ -33,16 +37,20 @@ __all__ = [
     "BadResponse",
     "Client",
     "FetchedImage",
+    "ImageSize",
     "ResizerError",
     "ServerUnreachable",
+    "TaskCreated",
     "TaskFailed",
+    "TaskStatus",
+    "TaskView",
     "WaitTimeout",
     "__version__",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
+    if name in __all__ and name != "__version__":
         from resizer import client
 
         return getattr(client, name)

@@ -77,21 +77,25 @@ _USERINFO_PASSWORD = re.compile(r"(//[^/?#@:]*):[^/?#]*@")
 def mask_url(url: str) -> str:
     """``url`` fit to print: its password, and query values named like secrets, become ``***``.
 
-    The user name stays: it is what one needs to debug an authentication failure.
+    The user name stays: it is what one needs to debug an authentication failure. Only those
+    parts change; the rest is the text as given.
     """
     try:
         parts = urlsplit(url)
     except ValueError:  # unparseable (a bad IPv6 literal...): mask by pattern instead
         return _USERINFO_PASSWORD.sub(r"\1:***@", url)
-    netloc = parts.netloc
-    userinfo, at, hosts = netloc.rpartition("@")
+    masked = url
+    userinfo, at, _hosts = parts.netloc.rpartition("@")
     if at and ":" in userinfo:
-        netloc = f"{userinfo.partition(':')[0]}:***@{hosts}"
-    query = "&".join(
-        f"{name}=***" if _SECRET_PARAM.search(name) and sep else f"{name}{sep}{value}"
-        for name, sep, value in (pair.partition("=") for pair in parts.query.split("&"))
-    )
-    return parts._replace(netloc=netloc, query=query).geturl()
+        user = userinfo.partition(":")[0]
+        masked = masked.replace(f"//{userinfo}@", f"//{user}:***@", 1)
+    if parts.query:
+        query = "&".join(
+            f"{name}=***" if sep and _SECRET_PARAM.search(name) else f"{name}{sep}{value}"
+            for name, sep, value in (pair.partition("=") for pair in parts.query.split("&"))
+        )
+        masked = masked.replace(f"?{parts.query}", f"?{query}", 1)
+    return masked
 
 
 # --- kinds of values --------------------------------------------------------------------------
@@ -428,6 +432,7 @@ def _api_token() -> Any:
         help="bearer token: the server requires it on every route but the probes, clients send it",
         flag=False,  # a flag would show the token in `ps`
         secret=True,
+        default_doc="none (no authentication)",
     )
 
 
@@ -508,7 +513,7 @@ class Settings:
         0,
         env="RESIZER_MIN_REPLICAS",
         kind=Integer(0),
-        help="workers the deployment keeps at least",
+        help="fewest worker replicas the deployment scales down to",
     )
     body_timeout_seconds: float = setting(
         30.0,
@@ -521,7 +526,7 @@ class Settings:
         env="RESIZER_METRICS_ADDR",
         kind=HostPort(),
         help="host:port of a separate metrics listener",
-        default_doc="none",
+        default_doc="none (metrics on the API's port)",
     )
     log_level: LogLevel = setting(
         LogLevel.INFO,
