@@ -15,6 +15,7 @@ from typing import Any
 import attrs
 import pytest
 import structlog
+from structlog.testing import capture_logs
 
 from resizer import logs
 from resizer.config import (
@@ -360,3 +361,22 @@ def test_help_documents_the_exit_codes_and_each_settings_flag() -> None:
         if spec.flag:
             assert flag_name(field.name) in text
             assert spec.env in text
+
+
+async def test_probes_are_logged_at_debug_other_requests_at_info(
+    aiohttp_client: Any, fake_store: Any, settings: Settings
+) -> None:
+    from resizer.api import make_app
+
+    client = await aiohttp_client(make_app(settings, fake_store))
+    with capture_logs() as events:
+        for path in ("/health", "/ready", "/metrics", "/tasks/nope"):
+            response = await client.get(path)
+            await response.read()
+    levels = {e["route"]: e["log_level"] for e in events if e["event"] == "request.handled"}
+    assert levels == {
+        "/health": "debug",
+        "/ready": "debug",
+        "/metrics": "debug",
+        "/tasks/{task_id}": "info",
+    }
