@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -458,3 +461,55 @@ def test_the_sync_client_retries_once_on_a_kept_alive_connection_the_server_clos
         assert connections == 2
     finally:
         listener.close()
+
+
+_CLI_WITHOUT_SERVER = r"""
+import sys
+
+BLOCKED = (
+    "redis", "hiredis", "PIL", "numpy", "numba", "imagecodecs", "prometheus_client",
+    "resizer.api", "resizer.worker", "resizer.store", "resizer.imaging", "resizer.recovery",
+    "resizer.embedded", "resizer.processes", "resizer.pngdecode", "resizer.cmyk",
+)
+
+
+class Blocker:
+    def find_spec(self, name, path=None, target=None):
+        if any(name == b or name.startswith(b + ".") for b in BLOCKED):
+            raise ImportError(f"{name} must not be imported by a client command")
+        return None
+
+
+sys.meta_path.insert(0, Blocker())
+from resizer.cli import main
+
+sys.argv = ["resizer", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.parametrize(
+    ("command", "code"),
+    [
+        (["status", "t1"], 3),
+        (["delete", "t1"], 3),
+        (["fetch", "t1", "--wait", "-o", "-"], 3),
+        (["submit", "-"], 3),
+        (["healthcheck"], 1),
+    ],
+)
+def test_client_commands_never_import_the_server(command: list[str], code: int) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RESIZER_")}
+    done = subprocess.run(
+        [sys.executable, "-c", _CLI_WITHOUT_SERVER, *command, "--url", url],
+        env=env,
+        input=PNG,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    stderr = done.stderr.decode()
+    assert "Traceback" not in stderr
+    assert done.returncode == code, stderr
+    assert url in stderr
