@@ -519,8 +519,11 @@ def fetch(
     settings = _client_settings(url)
     wanted = [(task_id, s) for task_id in task_ids for s in size.sizes()]
     to_stdout = output == "-"
-    if to_stdout and len(wanted) > 1:
-        typer.echo("resizer: -o - writes one image; ask for one id and one size", err=True)
+    if to_stdout and (len(wanted) > 1 or as_json):
+        typer.echo(
+            "resizer: -o - writes one image to stdout; ask for one id and one size, without --json",
+            err=True,
+        )
         raise typer.Exit(ExitCode.USAGE)
     target = Path(output)
     into_dir = not to_stdout and (len(wanted) > 1 or target.is_dir() or output.endswith("/"))

@@ -194,7 +194,9 @@ class Seconds(Kind):
             raise ValueError(self.allowed)
 
     def render(self, value: Any) -> str:
-        return f"{value:g}"
+        # repr is exact (a child process must read back the same float); "30", not "30.0".
+        text = repr(float(value))
+        return text.removesuffix(".0")
 
     def document(self, value: Any) -> str:
         return self.render(value)
@@ -355,7 +357,7 @@ def setting(
     spec = Spec(env, help, kind, flag=flag, secret=secret, default_doc=default_doc)
 
     def validate(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-        if value is None and (default is None):
+        if value is None and default is None:
             return
         try:
             kind.check(value)

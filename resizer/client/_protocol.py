@@ -252,11 +252,11 @@ class Api:
             return
         if response.status >= 400:
             raise self._api_error(response)
-        where = f" to {response.headers['location']}" if "location" in response.headers else ""
-        raise BadResponse(
-            f"the server answered {response.status}{where} where {status} was expected "
-            "(clients do not follow redirects)"
-        )
+        answer = f"{response.status}"
+        if 300 <= response.status < 400:
+            # A redirect could lead to another task's answer: it is reported, never followed.
+            answer += f" (a redirect to {response.headers.get('location', 'nowhere')})"
+        raise BadResponse(f"the server answered {answer} where {status} was expected")
 
     def _api_error(self, response: HttpResponse) -> ApiError:
         code, message = "http_error", response.body[:200].decode("utf-8", "replace").strip()

@@ -333,7 +333,7 @@ async def test_a_redirect_is_refused_not_followed(fake_server: StartFake, connec
         return web.Response(body=PNG, content_type="image/png")
 
     fake = await fake_server(redirect)
-    with pytest.raises(resizer.BadResponse, match="302 to /tasks/other"):
+    with pytest.raises(resizer.BadResponse, match=r"302 \(a redirect to /tasks/other"):
         await connect(fake.url).fetch("t1", 64)
     assert [seen.raw_path for seen in fake.seen] == ["/tasks/t1/image?size=64&raw=1"]
 

@@ -188,7 +188,7 @@ def test_to_env_gives_a_child_process_the_same_settings() -> None:
         max_decode_bytes=4321,
         original_ttl_seconds=70,
         min_replicas=2,
-        body_timeout_seconds=1.5,
+        body_timeout_seconds=1234567.125,
         metrics_addr=Address("::1", 9100),
         log_level=LogLevel.DEBUG,
         log_format=LogFormat.CONSOLE,
