@@ -261,3 +261,13 @@ async def test_one_refused_item_does_not_stop_the_others_and_json_lists_both(
     assert items[1]["path"] is None
     assert items[1]["error"]["code"] == "bad_response"
     assert tree(tmp_path) == {"good_64.png": PNG}
+
+
+async def test_stdout_takes_one_image_and_nothing_else(start: Start) -> None:
+    server = await start(Hostile(png))
+    for args in (["-o", "-", "--json"], ["--size", "all", "-o", "-"]):
+        run = await fetch(server, TASK, *args)
+        assert run.code == 2
+        assert "-o - writes one image" in one_line(run)
+        assert run.stdout == ""
+    assert server.requested == []
