@@ -1,8 +1,57 @@
-"""resizer: square images in, 64x64 and 32x32 out, through a Redis queue that never loses a task."""
+"""resizer: square images in, 64x64 and 32x32 out, through a Redis queue that never loses a task.
+
+``resizer.Client`` and ``resizer.AsyncClient`` are the Python clients of its API (see
+``resizer.client``); they are imported on first use, so ``import resizer`` stays light.
+"""
+
+from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from resizer.client import (
+        ApiError,
+        AsyncClient,
+        BadResponse,
+        Client,
+        FetchedImage,
+        ImageSize,
+        ResizerError,
+        ServerUnreachable,
+        TaskCreated,
+        TaskFailed,
+        TaskStatus,
+        TaskView,
+        WaitTimeout,
+    )
 
 try:
     __version__ = version("resizer")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0"
+
+__all__ = [
+    "ApiError",
+    "AsyncClient",
+    "BadResponse",
+    "Client",
+    "FetchedImage",
+    "ImageSize",
+    "ResizerError",
+    "ServerUnreachable",
+    "TaskCreated",
+    "TaskFailed",
+    "TaskStatus",
+    "TaskView",
+    "WaitTimeout",
+    "__version__",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__ and name != "__version__":
+        from resizer import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

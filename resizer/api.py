@@ -103,6 +103,9 @@ def _http_error_response(request: web.Request, exc: web.HTTPException) -> web.Re
     )
 
 
+_PROBE_ROUTES = frozenset({"/health", "/ready", "/metrics"})
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The one place where errors become HTTP responses, and where each request is logged."""
@@ -129,7 +132,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         route = resource.canonical if resource is not None else "<unmatched>"
         seconds = time.perf_counter() - started
         request.app[METRICS].observe(request.method, route, response.status, seconds)
-        log.info(
+        # Probes and scrapes come every few seconds: at info they would drown the real traffic.
+        emit = log.debug if route in _PROBE_ROUTES else log.info
+        emit(
             "request.handled",
             method=request.method,
             route=route,
@@ -544,10 +549,10 @@ def serve(settings: Settings, host: str, port: int) -> None:
 
 async def _serve(settings: Settings, host: str, port: int) -> None:
     app = make_app(settings)
-    sites = [(app, host, port)]
+    sites: list[tuple[web.Application, str | None, int]] = [(app, host, port)]
     if settings.metrics_addr is not None:
-        metrics_host, _, metrics_port = settings.metrics_addr.rpartition(":")
-        sites.append((make_metrics_app(app), metrics_host or "0.0.0.0", int(metrics_port)))  # noqa: S104
+        address = settings.metrics_addr
+        sites.append((make_metrics_app(app), address.host or None, address.port))
     runners = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -559,7 +564,7 @@ async def _serve(settings: Settings, host: str, port: int) -> None:
             await runner.setup()
             runners.append(runner)
             await web.TCPSite(runner, site_host, site_port, shutdown_timeout=10).start()
-        log.info("server.started", host=host, port=port, metrics=settings.metrics_addr)
+        log.info("server.started", host=host, port=port, metrics=str(settings.metrics_addr or ""))
         await stop.wait()
     finally:
         for runner in reversed(runners):

@@ -1,43 +1,80 @@
 """The ``resizer`` command. Sync on the outside (typer), ``asyncio.run`` inside.
 
-Service commands: serve, work, recover, up, healthcheck. Client commands: submit, status, fetch.
+Service commands: serve, work, recover, up, healthcheck. Client commands: submit, status, fetch,
+delete; they read only the client settings and talk to the server through ``AsyncClient``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import inspect
 import json
 import os
 import sys
-from collections.abc import Callable, Coroutine
+import time
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import attrs
+import structlog
 import typer
 
 from resizer import __version__, logs
-from resizer.client import DEFAULT_URL, Client, SubmitResult
-from resizer.config import Settings
-from resizer.errors import ResizerError
-from resizer.models import ImageSize, TaskStatus, TaskView, converter
+from resizer.client import AsyncClient, Client, TaskFailed, WaitTimeout
+from resizer.client.batch import (
+    DeleteItem,
+    FetchItem,
+    ItemError,
+    Source,
+    StatusItem,
+    SubmitItem,
+    find_sources,
+    run_each,
+)
+from resizer.client.files import file_name, write_file
+from resizer.config import (
+    ClientSettings,
+    ConfigError,
+    LogLevel,
+    Settings,
+    flag_name,
+    is_given,
+    mask_url,
+    spec_of,
+    specs,
+)
+from resizer.errors import ResizerError, ServerUnreachable
+from resizer.models import ImageSize, TaskView, converter
 
 T = TypeVar("T")
-DEFAULTS = Settings()  # the one source of the defaults the flags show
+log = structlog.get_logger("resizer.cli")
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0
+    FAILED = 1
+    """A task FAILED, or an item was rejected, unknown or not written."""
+    USAGE = 2
+    """Bad arguments or configuration."""
+    UNREACHABLE = 3
+    """The server could not be reached."""
+
+
+EXIT_CODES = (
+    "Exit codes: 0 ok; 1 a task FAILED or an item was rejected, unknown or not written; "
+    "2 usage or configuration error; 3 the server could not be reached."
+)
 
 app = typer.Typer(
     name="resizer",
     help="Resize square images to 64x64 and 32x32 through a Redis queue that never loses a task.",
+    epilog=EXIT_CODES,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=True,
 )
-
-UrlOption = Annotated[
-    str,
-    typer.Option("--url", envvar="RESIZER_URL", help="Address of the resizer server."),
-]
 # The server, the worker and Pillow are imported inside the commands that run them, so client
 # commands do not pay for them at start-up.
 
@@ -48,69 +85,107 @@ def _version(value: bool) -> None:
         raise typer.Exit
 
 
-@app.callback()
+@attrs.frozen
+class _Context:
+    flags: dict[str, str | None]
+    """The server-setting flags as typed (text), by field name; parsed with the environment."""
+
+
 def root(
     ctx: typer.Context,
-    redis_url: Annotated[
-        str | None, typer.Option(envvar="REDIS_URL", help="[default: redis://localhost:6379/0]")
-    ] = None,
-    lease_seconds: Annotated[
-        int, typer.Option(envvar="RESIZER_LEASE_SECONDS", min=1, help="Worker lease length.")
-    ] = DEFAULTS.lease_seconds,
-    max_attempts: Annotated[
-        int, typer.Option(envvar="RESIZER_MAX_ATTEMPTS", min=1, help="Claims before FAILED.")
-    ] = DEFAULTS.max_attempts,
-    ttl_seconds: Annotated[
-        int, typer.Option(envvar="RESIZER_TTL_SECONDS", min=1, help="Retention of a task.")
-    ] = DEFAULTS.ttl_seconds,
-    max_body_bytes: Annotated[
-        int, typer.Option(envvar="RESIZER_MAX_BODY_BYTES", min=1, help="Largest request body.")
-    ] = DEFAULTS.max_body_bytes,
-    max_pixels: Annotated[
-        int, typer.Option(envvar="RESIZER_MAX_PIXELS", min=1, help="Largest image accepted.")
-    ] = DEFAULTS.max_pixels,
-    log_level: Annotated[str, typer.Option(envvar="RESIZER_LOG_LEVEL")] = "INFO",
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show version.")
     ] = False,
+    **flags: str | None,
 ) -> None:
     """Resize square images to 64x64 and 32x32 through a reliable Redis queue."""
-    # The settings without a flag of their own come from the environment.
-    settings = attrs.evolve(
-        Settings.from_env(),
-        lease_seconds=lease_seconds,
-        max_attempts=max_attempts,
-        ttl_seconds=ttl_seconds,
-        max_body_bytes=max_body_bytes,
-        max_pixels=max_pixels,
-    )
-    if redis_url is not None:
-        settings = attrs.evolve(settings, redis_url=redis_url)
-    ctx.obj = _Context(settings=settings, redis_url_given=redis_url is not None)
-    service = ctx.invoked_subcommand in {"serve", "work", "recover", "up"}
-    logs.configure(
-        log_level.upper() if service else "WARNING", stream=None if service else sys.stderr
-    )
+    ctx.obj = _Context(flags=flags)
 
 
-@attrs.frozen
-class _Context:
-    settings: Settings
-    redis_url_given: bool
+def _with_setting_flags(callback: Callable[..., None]) -> Callable[..., None]:
+    """Give ``callback`` one text option per server setting, from the settings' specs.
+
+    typer reads options from the signature, so the flags are added to it; their values reach
+    ``**flags`` and are parsed by the settings, with the environment, by the commands that use
+    them: a client command never trips over a server setting.
+    """
+    signature = inspect.signature(callback, eval_str=True)
+    fixed = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    added = [
+        inspect.Parameter(
+            field.name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=None,
+            annotation=Annotated[
+                str | None,
+                typer.Option(
+                    flag_name(field.name),
+                    # Parentheses, not brackets: rich would read [...] as markup.
+                    help=f"{spec.help} (env {spec.env}, default "
+                    f"{spec.default_text(field).replace('`', '')})",
+                    metavar=spec.kind.metavar,
+                    show_default=False,
+                    rich_help_panel="Server settings (serve, work, recover, up)",
+                ),
+            ],
+        )
+        for field, spec in specs(Settings)
+        if spec.flag
+    ]
+    callback.__signature__ = signature.replace(parameters=[*fixed, *added])  # type: ignore[attr-defined]
+    return callback
 
 
-def _settings(ctx: typer.Context) -> Settings:
+app.callback()(_with_setting_flags(root))
+
+
+def _configured(load: Callable[[], T]) -> T:
+    """Settings, or the one line that says which value is wrong (exit code 2)."""
+    try:
+        return load()
+    except ConfigError as exc:
+        typer.echo(f"resizer: {exc}", err=True)
+        raise typer.Exit(ExitCode.USAGE) from None
+
+
+def _service_settings(ctx: typer.Context) -> Settings:
     obj: _Context = ctx.obj
-    return obj.settings
+    settings = _configured(lambda: Settings.from_env(flags=obj.flags))
+    logs.configure(settings.log_level, json=settings.log_format.json)
+    return settings
+
+
+def _client_settings(url: str | None) -> ClientSettings:
+    logs.configure(LogLevel.WARNING, stream=sys.stderr)
+    return _configured(lambda: ClientSettings.from_env(flags={"url": url}))
+
+
+def _client(settings: ClientSettings) -> AsyncClient:
+    return AsyncClient(settings.url, token=settings.api_token, timeout=settings.timeout_seconds)
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine; a ResizerError becomes one line on stderr and its exit code."""
+    """Run a client coroutine; an error that stops it is one line on stderr, never a traceback."""
     try:
         return asyncio.run(coro)
+    except ServerUnreachable as exc:
+        typer.echo(f"resizer: {exc.message}", err=True)
+        raise typer.Exit(ExitCode.UNREACHABLE) from None
     except ResizerError as exc:
         typer.echo(f"resizer: {exc.message}", err=True)
         raise typer.Exit(exc.exit_code) from None
+
+
+_URL_SPEC = spec_of(ClientSettings, "url")
+UrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--url",
+        help=f"Address of the resizer server (env {_URL_SPEC.env}, default {ClientSettings().url})",
+        metavar=_URL_SPEC.kind.metavar,
+        show_default=False,
+    ),
+]
 
 
 # --- service commands ---------------------------------------------------------------------------
@@ -132,9 +207,10 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
 ) -> None:
     """Run the JSON API.  Example: resizer serve --port 8080"""
+    settings = _service_settings(ctx)
     from resizer.api import serve as run_server
 
-    _serve(lambda: run_server(_settings(ctx), host, port))
+    _serve(lambda: run_server(settings, host, port))
 
 
 @app.command()
@@ -146,7 +222,7 @@ def work(
 
     Example: resizer work --processes 4
     """
-    settings = _settings(ctx)
+    settings = _service_settings(ctx)
     if processes == 1:
         from resizer.worker import serve_worker
 
@@ -170,11 +246,16 @@ def recover(
 ) -> None:
     """Re-queue tasks whose lease expired (FAIL them past the attempt cap).
 
-    One pass by default (for cron); a loop with --every.  Example: resizer recover --every 30
+    One pass by default (for cron); a loop with --every. Each pass logs recovery.finished.
+    Example: resizer recover --every 30
     """
+    settings = _service_settings(ctx)
     from resizer.recovery import run_recovery
 
-    _run(run_recovery(_settings(ctx), every, typer.echo))
+    def finished(summary: str) -> None:
+        log.info("recovery.finished", summary=summary)
+
+    _run(run_recovery(settings, every, finished))
 
 
 @app.command()
@@ -206,6 +287,7 @@ def up(
 
     Example: resizer up --port 8080 --workers 2
     """
+    settings = _service_settings(ctx)
     from resizer.embedded import (
         DataDirInUse,
         RedisServer,
@@ -215,10 +297,9 @@ def up(
     from resizer.processes import Child, Supervisor, resizer_command
 
     obj: _Context = ctx.obj
-    settings = obj.settings
     redis = None
     children = []
-    if not obj.redis_url_given:
+    if obj.flags.get("redis_url") is None and not is_given(Settings, "redis_url"):
         redis = RedisServer(
             directory=None if ephemeral else (data_dir or default_data_dir()),
             persistent=not ephemeral,
@@ -241,11 +322,13 @@ def up(
         ),
         Child("web", resizer_command("serve", "--host", host, "--port", str(port))),
     ]
-    where = "in memory only" if ephemeral else f"data in {redis.directory}" if redis else ""
-    typer.echo(
-        f"resizer is up: http://{host}:{port}  (redis {settings.redis_url} {where},"
-        f" {count} workers)  Ctrl-C stops it.",
-        err=True,
+    log.info(
+        "up.started",
+        url=f"http://{host}:{port}",
+        redis=mask_url(settings.redis_url),
+        data=None if redis is None else "in memory only" if ephemeral else str(redis.directory),
+        workers=count,
+        stop_with="Ctrl-C",
     )
     try:
         code = Supervisor(children, settings.to_env()).run()
@@ -256,19 +339,16 @@ def up(
 
 
 @app.command()
-def healthcheck(
-    url: Annotated[str, typer.Option(envvar="RESIZER_URL")] = DEFAULT_URL,
-) -> None:
-    """Exit 0 when the server's /health answers 200 (for container HEALTHCHECKs).
+def healthcheck(url: UrlOption = None) -> None:
+    """Exit 0 when the server's /health answers 200, else 1 (Docker's HEALTHCHECK convention).
 
     Example: resizer healthcheck --url http://127.0.0.1:8080
     """
-    import urllib.request
-
     try:
-        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=3) as response:  # noqa: S310
-            healthy = response.status == 200
-    except OSError as exc:
+        settings = ClientSettings.from_env(flags={"url": url})
+        with Client(settings.url, token=settings.api_token, timeout=3) as client:
+            healthy = client.health()
+    except (ConfigError, ResizerError) as exc:
         typer.echo(f"resizer: unhealthy: {exc}", err=True)
         raise typer.Exit(1) from None
     raise typer.Exit(0 if healthy else 1)
@@ -277,81 +357,104 @@ def healthcheck(
 # --- client commands ----------------------------------------------------------------------------
 
 
-def _print_json(payload: object) -> None:
-    typer.echo(json.dumps(converter.unstructure(payload), indent=2))
+def _print_json(items: Sequence[object]) -> None:
+    typer.echo(json.dumps(converter.unstructure(items), indent=2))
 
 
-@app.command()
+def _report_error(name: str, error: ItemError | None) -> None:
+    if error is not None:
+        typer.echo(f"resizer: {name}: {error.message}", err=True)
+
+
+def _exit_for(errors: Sequence[ItemError | None]) -> None:
+    if any(error is not None for error in errors):
+        raise typer.Exit(ExitCode.FAILED)
+
+
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print one JSON record per item, errors included.")
+]
+
+
+@app.command(epilog=EXIT_CODES)
 def submit(
     paths: Annotated[
         list[str], typer.Argument(help="Image files, directories (searched recursively), or -.")
     ],
     wait: Annotated[bool, typer.Option(help="Wait until every task is DONE or FAILED.")] = False,
     timeout: Annotated[float, typer.Option(help="With --wait: give up after SECONDS.")] = 300,
-    as_json: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
+    as_json: JsonOption = False,
     concurrency: Annotated[int, typer.Option(min=1, help="Uploads in flight at once.")] = 8,
-    url: UrlOption = DEFAULT_URL,
+    url: UrlOption = None,
 ) -> None:
-    """Submit images; prints one task id per line.
+    """Submit images; prints one task id per line, in the order given.
 
     Examples: resizer submit cat.jpg --wait;  resizer submit photos/ --json;
     cat cat.jpg | resizer submit -
     """
-    from resizer.client import connect, find_sources, submit_batch
-
+    settings = _client_settings(url)
     sources = find_sources(paths, sys.stdin.buffer.read)
     if not sources:
         typer.echo("resizer: no image files found", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.FAILED)
     bar = _progress(len(sources), as_json)
-
-    finished: dict[int, SubmitResult] = {}
+    deadline = time.monotonic() + timeout
+    finished: dict[int, SubmitItem] = {}
     printed = 0
 
-    def report(index: int, result: SubmitResult) -> None:
+    def report(index: int, item: SubmitItem) -> None:
         # Errors at once on stderr; ids on stdout in the order the files were given, so a
         # script can pair them with its inputs.
         nonlocal printed
         if bar is not None:
             bar.advance()
-        if result.error is not None:
-            where = f" (task {result.id})" if result.id else ""
-            typer.echo(f"resizer: {result.source}{where}: {result.error}", err=True)
-        finished[index] = result
+        _report_error(item.source, item.error)
+        finished[index] = item
         while printed in finished:
             done = finished.pop(printed)
             printed += 1
-            if done.error is None and not as_json:
+            if done.id is not None and done.error is None and not as_json:
                 typer.echo(done.id if bar is None else f"{done.id}  {done.source}")
 
-    async def go() -> list[SubmitResult]:
-        async with connect(url) as client:
-            return await submit_batch(
-                client,
+    async def go() -> list[SubmitItem]:
+        async with _client(settings) as client:
+
+            async def one(source: Source) -> SubmitItem:
+                created = await client.submit(source.read())
+                if not wait:
+                    return SubmitItem(source.name, created.id, created.status)
+                try:
+                    view = await client.wait(created.id, max(0.0, deadline - time.monotonic()))
+                except (TaskFailed, WaitTimeout) as exc:
+                    return SubmitItem(source.name, created.id, exc.task.status, ItemError.of(exc))
+                return SubmitItem(source.name, view.id, view.status)
+
+            return await run_each(
                 sources,
-                wait=timeout if wait else None,
+                one,
+                lambda source, error: SubmitItem(source.name, error=error),
                 concurrency=concurrency,
                 on_result=report,
             )
 
     try:
-        results = _run(go())
+        items = _run(go())
     finally:
         if bar is not None:
             bar.close()
     if as_json:
-        _print_json(results)
-    if not all(r.ok for r in results):
-        raise typer.Exit(1)
+        _print_json(items)
+    _exit_for([item.error for item in items])
 
 
 class _Bar:
     """A progress bar on stderr, for batches on a terminal only (pipes get plain lines)."""
 
     def __init__(self, total: int) -> None:
+        from rich.console import Console
         from rich.progress import Progress
 
-        self._progress = Progress(transient=True, console=_stderr_console())
+        self._progress = Progress(transient=True, console=Console(stderr=True))
         self._task = self._progress.add_task("submitting", total=total)
         self._progress.start()
 
@@ -362,52 +465,60 @@ class _Bar:
         self._progress.stop()
 
 
-def _stderr_console() -> Any:
-    from rich.console import Console
-
-    return Console(stderr=True)
-
-
 def _progress(total: int, quiet: bool) -> _Bar | None:
     if total < 2 or quiet or not sys.stderr.isatty():
         return None
     return _Bar(total)
 
 
-@app.command()
+def _status_line(item: StatusItem) -> str:
+    text = f"{item.id}  {item.status}  attempts={item.attempts}  updated={item.updated_at}"
+    failed = item.error is not None and item.error.code == "task_failed"
+    return text + (f"  error={item.error.message}" if failed and item.error else "")
+
+
+@app.command(epilog=EXIT_CODES)
 def status(
     task_ids: Annotated[list[str], typer.Argument(help="Task ids.", metavar="ID...")],
     watch: Annotated[bool, typer.Option(help="Follow until every task is DONE or FAILED.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
-    url: UrlOption = DEFAULT_URL,
+    as_json: JsonOption = False,
+    url: UrlOption = None,
 ) -> None:
-    """Show tasks' status.  Examples: resizer status ID;  resizer status ID1 ID2 --watch --json"""
-    from resizer.client import connect
+    """Show tasks' status, one line per task (an unknown id is reported and the others shown).
 
-    def line(view: TaskView) -> str:
-        text = f"{view.id}  {view.status}  attempts={view.attempts}  updated={view.updated_at}"
-        return text + (f"  error={view.error}" if view.error else "")
+    Examples: resizer status ID;  resizer status ID1 ID2 --watch --json
+    """
+    settings = _client_settings(url)
 
-    async def follow(client: Client, task_id: str) -> TaskView:
-        view = await client.status(task_id)
-        if not as_json:
-            typer.echo(line(view))
-        while watch and not view.status.finished:
-            latest = await client.status(task_id, wait=30)
-            if latest.status is not view.status and not as_json:
-                typer.echo(line(latest))
-            view = latest
-        return view
+    async def go() -> list[StatusItem]:
+        async with _client(settings) as client:
 
-    async def go() -> list[TaskView]:
-        async with connect(url) as client:
-            return list(await asyncio.gather(*(follow(client, t) for t in task_ids)))
+            async def one(task_id: str) -> StatusItem:
+                item = StatusItem.of(await client.status(task_id))
+                if watch and not as_json:
+                    typer.echo(_status_line(item))
+                while watch and item.status is not None and not item.status.finished:
+                    latest = StatusItem.of(await client.status(task_id, wait=30))
+                    if latest.status is not item.status and not as_json:
+                        typer.echo(_status_line(latest))
+                    item = latest
+                return item
 
-    views = _run(go())
+            def failed(task_id: str, error: ItemError) -> StatusItem:
+                _report_error(task_id, error)
+                return StatusItem(task_id, error=error)
+
+            # Watching holds one long-poll per task: all of them run at once.
+            return await run_each(task_ids, one, failed, concurrency=max(8, len(task_ids)))
+
+    items = _run(go())
     if as_json:
-        _print_json(views)
-    if watch and any(v.status is TaskStatus.FAILED for v in views):
-        raise typer.Exit(1)
+        _print_json(items)
+    elif not watch:
+        for item in items:
+            if item.status is not None:
+                typer.echo(_status_line(item))
+    _exit_for([item.error for item in items])
 
 
 class FetchSize(enum.StrEnum):
@@ -422,7 +533,7 @@ class FetchSize(enum.StrEnum):
         return [ImageSize(self.value)]
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES)
 def fetch(
     task_ids: Annotated[list[str], typer.Argument(help="Task ids.", metavar="ID...")],
     size: Annotated[FetchSize, typer.Option(help="Which image.")] = FetchSize.S64,
@@ -432,52 +543,114 @@ def fetch(
             "-o",
             "--output",
             help="A directory, a file (one image only), or - for stdout. "
-            "Files in a directory are named ID_SIZE.EXT.",
+            "Files in a directory are named ID_SIZE.EXT, EXT one of jpg, png, webp, gif, tiff, "
+            "bmp, avif.",
         ),
     ] = ".",
-    force: Annotated[bool, typer.Option(help="Overwrite existing files.")] = False,
-    url: UrlOption = DEFAULT_URL,
+    force: Annotated[bool, typer.Option(help="Replace existing files (atomically).")] = False,
+    wait: Annotated[bool, typer.Option(help="Wait until each task is DONE first.")] = False,
+    timeout: Annotated[float, typer.Option(help="With --wait: give up after SECONDS.")] = 300,
+    as_json: JsonOption = False,
+    url: UrlOption = None,
 ) -> None:
-    """Write tasks' images to files.
+    """Write tasks' images to files; never overwrites without --force, never follows a symlink.
 
     Examples: resizer fetch ID --size 64 -o thumb.jpg;  resizer fetch ID1 ID2 --size all -o out/;
-    resizer fetch ID -o - > thumb.jpg
+    resizer fetch ID --wait -o - > thumb.jpg
     """
-    import base64
-
-    from resizer.client import connect
-
+    settings = _client_settings(url)
     wanted = [(task_id, s) for task_id in task_ids for s in size.sizes()]
+    to_stdout = output == "-"
+    if to_stdout and (len(wanted) > 1 or as_json):
+        typer.echo(
+            "resizer: -o - writes one image to stdout; ask for one id and one size, without --json",
+            err=True,
+        )
+        raise typer.Exit(ExitCode.USAGE)
     target = Path(output)
-    into_dir = output != "-" and (len(wanted) > 1 or target.is_dir() or output.endswith("/"))
-    if output == "-" and len(wanted) > 1:
-        typer.echo("resizer: -o - writes one image; ask for one id and one size", err=True)
-        raise typer.Exit(2)
+    into_dir = not to_stdout and (len(wanted) > 1 or target.is_dir() or output.endswith("/"))
+    if not to_stdout:
+        try:
+            (target if into_dir else target.parent).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            typer.echo(f"resizer: cannot create {target}: {exc.strerror}", err=True)
+            raise typer.Exit(ExitCode.FAILED) from None
+    deadline = time.monotonic() + timeout
 
-    async def go() -> list[str]:
-        written = []
-        async with connect(url) as client:
-            views = await asyncio.gather(*(client.image(t, s) for t, s in wanted))
-        for view in views:
-            data = base64.b64decode(view.data)
-            if output == "-":
-                sys.stdout.buffer.write(data)
-                sys.stdout.buffer.flush()
-                continue
-            ext = "jpg" if view.format == "jpeg" else view.format
-            path = target / f"{view.id}_{view.size.value}.{ext}" if into_dir else target
-            if path.exists() and not force:
-                raise ResizerError(f"{path} exists; pass --force to overwrite it")
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(data)
-            except OSError as exc:
-                raise ResizerError(f"cannot write {path}: {exc.strerror}") from None
-            written.append(str(path))
-        return written
+    async def go() -> list[FetchItem]:
+        async with _client(settings) as client:
+            waits: dict[str, asyncio.Task[TaskView]] = {}
 
-    for path in _run(go()):
-        typer.echo(path)
+            async def one(item: tuple[str, ImageSize]) -> FetchItem:
+                task_id, image_size = item
+                if wait:
+                    if task_id not in waits:  # one long-poll per task, whatever the sizes
+                        remaining = max(0.0, deadline - time.monotonic())
+                        waits[task_id] = asyncio.create_task(client.wait(task_id, remaining))
+                    await waits[task_id]
+                image = await client.fetch(task_id, image_size)
+                if to_stdout:
+                    sys.stdout.buffer.write(image.data)
+                    sys.stdout.buffer.flush()
+                    return FetchItem(task_id, image_size.value, "-", image.format)
+                path = target
+                if into_dir:
+                    path = target / file_name(task_id, image_size.value, image.extension)
+                await asyncio.to_thread(write_file, path, image.data, force=force)
+                return FetchItem(task_id, image_size.value, str(path), image.format)
+
+            def failed(item: tuple[str, ImageSize], error: ItemError) -> FetchItem:
+                _report_error(item[0], error)
+                return FetchItem(item[0], item[1].value, error=error)
+
+            return await run_each(wanted, one, failed)
+
+    items = _run(go())
+    if as_json:
+        _print_json(items)
+    elif not to_stdout:
+        for item in items:
+            if item.path is not None:
+                typer.echo(item.path)
+    _exit_for([item.error for item in items])
+
+
+@app.command(epilog=EXIT_CODES)
+def delete(
+    task_ids: Annotated[list[str], typer.Argument(help="Task ids.", metavar="ID...")],
+    as_json: JsonOption = False,
+    url: UrlOption = None,
+) -> None:
+    """Delete tasks and their images (images shared with another task stay for it).
+
+    Example: resizer delete ID1 ID2
+    """
+    settings = _client_settings(url)
+
+    async def go() -> list[DeleteItem]:
+        async with _client(settings) as client:
+
+            async def one(task_id: str) -> DeleteItem:
+                if await client.delete(task_id):
+                    return DeleteItem(task_id, deleted=True)
+                error = ItemError("not_found", f"no task {task_id!r} (unknown, or it expired)")
+                _report_error(task_id, error)
+                return DeleteItem(task_id, error=error)
+
+            def failed(task_id: str, error: ItemError) -> DeleteItem:
+                _report_error(task_id, error)
+                return DeleteItem(task_id, error=error)
+
+            return await run_each(task_ids, one, failed)
+
+    items = _run(go())
+    if as_json:
+        _print_json(items)
+    else:
+        for item in items:
+            if item.deleted:
+                typer.echo(f"{item.id}  deleted")
+    _exit_for([item.error for item in items])
 
 
 def main() -> None:

@@ -116,3 +116,10 @@ class ServerUnreachable(ResizerError):
     """The client could not connect to the server at all."""
 
     code = "unreachable"
+
+
+class BadResponse(ResizerError):
+    """The server's answer does not fit the request (another task, an unknown format, a redirect,
+    a body of the wrong shape): the client acts on none of it."""
+
+    code = "bad_response"

@@ -76,7 +76,8 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
     log = tmp_path_factory.mktemp("up") / "up.log"
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     env["XDG_DATA_HOME"] = str(log.parent)  # up's default data directory, kept in the test's
-    with log.open("wb") as out:
+    # Append mode: up and its children share this file, and each line must land whole.
+    with log.open("ab") as out:
         proc = subprocess.Popen(
             resizer_command("up", "--port", str(port), "--workers", "2"),
             env=env,
@@ -150,7 +151,7 @@ def test_failures_are_one_clear_line_and_a_nonzero_exit(up: Up, tmp_path: Path) 
 
     nowhere = f"http://127.0.0.1:{free_port()}"
     unreachable = resizer("status", "abc", url=nowhere)
-    assert unreachable.returncode == 1
+    assert unreachable.returncode == 3  # the documented code for an unreachable server
     assert nowhere in unreachable.stderr
     assert "resizer up" in unreachable.stderr
     assert "Traceback" not in unreachable.stderr
@@ -237,7 +238,8 @@ def test_fetch_all_sizes_into_a_directory_and_to_stdout(up: Up, tmp_path: Path) 
 
 
 @pytest.mark.parametrize(
-    "command", ["serve", "work", "recover", "up", "submit", "status", "fetch", "healthcheck"]
+    "command",
+    ["serve", "work", "recover", "up", "submit", "status", "fetch", "delete", "healthcheck"],
 )
 def test_every_command_has_help_with_an_example(command: str) -> None:
     result = subprocess.run(
@@ -284,6 +286,201 @@ def test_a_batch_on_a_terminal_shows_a_progress_bar(up: Up, tmp_path: Path) -> N
         os.close(controller)
     assert b"submitting" in seen  # the bar, drawn on the terminal (stderr)
     assert len(done.stdout.split()) == 6  # "<id>  <file>" lines on stdout
+
+
+# --- per-item results, delete, fetch --wait -----------------------------------------------------
+
+
+def test_status_prints_every_item_with_its_error(up: Up, tmp_path: Path) -> None:
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(make_image("PNG", unique=True))
+    (task_id,) = resizer("submit", str(photo), "--wait", url=up.url).stdout.split()
+
+    as_json = resizer("status", task_id, "nope", "--json", url=up.url)
+    assert as_json.returncode == 1  # one id is unknown
+    known, unknown = json.loads(as_json.stdout)
+    assert (known["id"], known["status"], known["error"]) == (task_id, "DONE", None)
+    assert known["attempts"] == 1
+    assert unknown["id"] == "nope"
+    assert unknown["status"] is None
+    assert unknown["error"]["code"] == "not_found"
+
+    as_text = resizer("status", task_id, "nope", url=up.url)
+    assert as_text.returncode == 1
+    assert as_text.stdout.startswith(f"{task_id}  DONE  attempts=1")
+    assert as_text.stderr.startswith("resizer: nope: 404 ")
+
+
+def test_delete_then_the_task_is_gone(up: Up, tmp_path: Path) -> None:
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(make_image("PNG", unique=True))
+    (task_id,) = resizer("submit", str(photo), url=up.url).stdout.split()
+
+    deleted = resizer("delete", task_id, url=up.url)
+    assert deleted.returncode == 0, deleted.stderr
+    assert deleted.stdout == f"{task_id}  deleted\n"
+    assert resizer("status", task_id, url=up.url).returncode == 1
+
+    again = resizer("delete", task_id, "--json", url=up.url)
+    assert again.returncode == 1
+    (item,) = json.loads(again.stdout)
+    assert (item["id"], item["deleted"], item["error"]["code"]) == (task_id, False, "not_found")
+
+
+def test_fetch_wait_long_polls_until_done_then_writes(up: Up, tmp_path: Path) -> None:
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(make_image("JPEG", size=400, unique=True))
+    (task_id,) = resizer("submit", str(photo), url=up.url).stdout.split()  # no --wait
+    out = tmp_path / "out"
+    fetched = resizer("fetch", task_id, "--wait", "--size", "all", "-o", str(out), url=up.url)
+    assert fetched.returncode == 0, fetched.stderr
+    with Image.open(out / f"{task_id}_32.jpg") as img:
+        assert (img.format, img.size) == ("JPEG", (32, 32))
+    assert (out / f"{task_id}_original.jpg").read_bytes() == photo.read_bytes()
+
+
+# --- the client library in a process that cannot import the server ------------------------------
+
+_CLIENT_ONLY = r"""
+import asyncio
+import json
+import sys
+
+BLOCKED = (
+    "redis", "hiredis", "PIL", "numpy", "numba", "imagecodecs", "prometheus_client",
+    "resizer.api", "resizer.worker", "resizer.store", "resizer.imaging", "resizer.recovery",
+    "resizer.embedded", "resizer.processes", "resizer.cli", "resizer.pngdecode", "resizer.cmyk",
+)
+
+
+def blocked(name):
+    return any(name == b or name.startswith(b + ".") for b in BLOCKED)
+
+
+class Blocker:
+    def find_spec(self, name, path=None, target=None):
+        if blocked(name):
+            raise ImportError(f"{name} must not be imported by a client")
+        return None
+
+
+sys.meta_path.insert(0, Blocker())
+
+import resizer
+
+url, png, jpeg = sys.argv[1:4]
+report = {}
+with resizer.Client(url) as client:
+    created = client.submit(png)
+    done = client.wait(created.id, timeout=60)
+    thumb = client.fetch(created.id, 64)
+    report["sync"] = [
+        done.status.value, thumb.format, thumb.data.hex(),
+        client.delete(created.id), client.delete(created.id),
+    ]
+
+
+async def main():
+    async with resizer.AsyncClient(url) as client:
+        with open(jpeg, "rb") as f:
+            created = await client.submit(f.read())
+        done = await client.wait(created.id, timeout=60)
+        thumb = await client.fetch(created.id, 32)
+        return [done.status.value, thumb.format, thumb.data.hex()]
+
+
+report["async"] = asyncio.run(main())
+report["imported"] = sorted(m for m in sys.modules if blocked(m))
+print(json.dumps(report))
+"""
+
+
+def test_the_client_library_works_without_importing_the_server(up: Up, tmp_path: Path) -> None:
+    png, jpeg = tmp_path / "a.png", tmp_path / "b.jpg"
+    png.write_bytes(make_image("PNG", size=100, unique=True))
+    jpeg.write_bytes(make_image("JPEG", size=100, unique=True))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RESIZER_")}
+    done = subprocess.run(
+        [sys.executable, "-c", _CLIENT_ONLY, up.url, str(png), str(jpeg)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["imported"] == []
+    status, fmt, data, deleted, deleted_again = report["sync"]
+    assert (status, fmt, deleted, deleted_again) == ("DONE", "png", True, False)
+    with Image.open(io.BytesIO(bytes.fromhex(data))) as img:
+        assert (img.format, img.size) == ("PNG", (64, 64))
+    status, fmt, data = report["async"]
+    assert (status, fmt) == ("DONE", "jpeg")
+    with Image.open(io.BytesIO(bytes.fromhex(data))) as img:
+        assert (img.format, img.size) == ("JPEG", (32, 32))
+
+
+# --- logs ---------------------------------------------------------------------------------------
+
+
+def test_probes_are_logged_at_debug_and_other_requests_at_info(up: Up, tmp_path: Path) -> None:
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(make_image("PNG", unique=True))
+    assert resizer("submit", str(photo), url=up.url).returncode == 0
+    assert healthy(up.url)
+
+    # The fields as the JSON renderer writes them, in their order (method, route, status).
+    posted = '"method": "POST", "route": "/tasks", "status": 201'
+    wait_until(lambda: posted in up.log.read_text(), 20, "the POST /tasks to be logged")
+    # The fixture and this test polled /health: at INFO, those requests leave no line.
+    text = up.log.read_text()
+    assert '"event": "request.handled"' in text
+    for probe in ("/health", "/ready", "/metrics"):
+        assert f'"route": "{probe}"' not in text
+
+
+def test_recover_logs_a_structured_event(redis_url: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RESIZER_")}
+    done = subprocess.run(
+        resizer_command("recover"),
+        env={**env, "REDIS_URL": redis_url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    events = [json.loads(line) for line in done.stdout.splitlines()]  # every line is JSON
+    (finished,) = [e for e in events if e["event"] == "recovery.finished"]
+    assert "0 re-queued" in str(finished["summary"])
+    assert finished["level"] == "info"
+
+
+def test_up_never_shows_the_redis_password(tmp_path: Path) -> None:
+    port = free_port()
+    secret = "s3cret-pw"
+    redis_url = f"redis://admin:{secret}@127.0.0.1:{free_port()}/0"  # nothing listens there
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RESIZER_")}
+    log = tmp_path / "up.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            resizer_command("up", "--port", str(port), "--workers", "1"),
+            env={**env, "REDIS_URL": redis_url},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until(lambda: '"up.started"' in log.read_text(), 60, "up to log up.started")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert secret not in text
+    (started,) = [json.loads(line) for line in text.splitlines() if '"up.started"' in line]
+    assert started["redis"] == redis_url.replace(secret, "***")
 
 
 def test_sigterm_stops_up_and_leaves_no_process_behind(up: Up) -> None:

@@ -179,8 +179,10 @@ async def test_metrics_on_their_own_address(
     import attrs
 
     from resizer.api import make_metrics_app
+    from resizer.config import Address
 
-    private = attrs.evolve(real_settings, metrics_addr="127.0.0.1:0", api_token="tok")
+    address = Address("127.0.0.1", free_port())
+    private = attrs.evolve(real_settings, metrics_addr=address, api_token="tok")
     main = make_app(private)
     client = await aiohttp_client(main)
     assert (await client.get("/metrics", headers={"Authorization": "Bearer tok"})).status == 404
