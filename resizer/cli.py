@@ -252,10 +252,7 @@ def recover(
     settings = _service_settings(ctx)
     from resizer.recovery import run_recovery
 
-    def finished(summary: str) -> None:
-        log.info("recovery.finished", summary=summary)
-
-    _run(run_recovery(settings, every, finished))
+    _run(run_recovery(settings, every))
 
 
 @app.command()

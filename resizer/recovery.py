@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable
 from contextlib import suppress
 
 import structlog
@@ -30,7 +29,9 @@ async def recover_once(store: Store) -> RecoveryReport:
     return report
 
 
-async def run_recovery(settings: Settings, every: float | None, say: Callable[[str], None]) -> None:
+async def run_recovery(settings: Settings, every: float | None) -> None:
+    """One recovery pass, or a pass every ``every`` seconds until SIGTERM/SIGINT; each pass
+    logs ``recovery.finished`` with what it did."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -45,10 +46,11 @@ async def run_recovery(settings: Settings, every: float | None, say: Callable[[s
                     await store.check_memory_policy()
                     checked = True
                 report = await recover_once(store)
-                say(
-                    f"recovered: {len(report.requeued)} re-queued, "
-                    f"{len(report.failed)} failed at the attempt cap, "
-                    f"{len(report.adopted)} unleased adopted"
+                log.info(
+                    "recovery.finished",
+                    requeued=len(report.requeued),
+                    failed=len(report.failed),
+                    adopted=len(report.adopted),
                 )
                 delay = every
                 backoff.reset()
