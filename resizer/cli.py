@@ -46,7 +46,7 @@ from resizer.config import (
     specs,
 )
 from resizer.errors import ResizerError, ServerUnreachable
-from resizer.models import ImageSize, TaskView, converter
+from resizer.models import ImageSize, QueueInfo, TaskView, converter
 
 T = TypeVar("T")
 log = structlog.get_logger("resizer.cli")
@@ -213,16 +213,41 @@ def serve(
     _serve(lambda: run_server(settings, host, port))
 
 
+CheckOption = Annotated[
+    bool,
+    typer.Option(
+        "--check",
+        help="Do not run: exit 0 if a process of this role on this host showed it is alive "
+        "recently, else 1 (a container's health check).",
+    ),
+]
+
+
+def _check(role: str, within: float) -> None:
+    from resizer import liveness
+
+    if liveness.is_alive(role, within):
+        raise typer.Exit(0)
+    typer.echo(
+        f"resizer: unhealthy: no {role} loop turned in the last {within:g} s on this host", err=True
+    )
+    raise typer.Exit(1)
+
+
 @app.command()
 def work(
     ctx: typer.Context,
     processes: Annotated[int, typer.Option(min=1, help="Worker processes to run.")] = 1,
+    check: CheckOption = False,
 ) -> None:
     """Claim and process tasks; SIGTERM finishes the current task, then exits 0.
 
-    Example: resizer work --processes 4
+    Example: resizer work --processes 4;  health check: resizer work --check
     """
     settings = _service_settings(ctx)
+    if check:
+        # A worker shows it is alive every heartbeat, busy or idle, Redis up or not.
+        _check("work", 3 * settings.heartbeat_seconds)
     if processes == 1:
         from resizer.worker import serve_worker
 
@@ -243,14 +268,18 @@ def recover(
     every: Annotated[
         float | None, typer.Option(min=0.1, help="Loop, one pass every SECONDS.")
     ] = None,
+    check: CheckOption = False,
 ) -> None:
     """Re-queue tasks whose lease expired (FAIL them past the attempt cap).
 
     One pass by default (for cron); a loop with --every. Each pass logs recovery.finished.
-    Example: resizer recover --every 30
+    Example: resizer recover --every 30;  health check: resizer recover --check
     """
     settings = _service_settings(ctx)
-    from resizer.recovery import run_recovery
+    from resizer.recovery import ALIVE_EVERY_SECONDS, run_recovery
+
+    if check:
+        _check("recover", 3 * ALIVE_EVERY_SECONDS)
 
     _run(run_recovery(settings, every))
 
@@ -349,6 +378,76 @@ def healthcheck(url: UrlOption = None) -> None:
         typer.echo(f"resizer: unhealthy: {exc}", err=True)
         raise typer.Exit(1) from None
     raise typer.Exit(0 if healthy else 1)
+
+
+@app.command()
+def info(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    watch: Annotated[
+        float | None, typer.Option(min=0.5, help="Refresh every SECONDS until Ctrl-C.")
+    ] = None,
+    failures: Annotated[int, typer.Option(min=0, help="How many recent failures to show.")] = 10,
+) -> None:
+    """The queue at a glance: lengths, the oldest waiting task, tasks in flight with their
+    worker, the workers, the last failures. Reads Redis (REDIS_URL), like the roles.
+
+    Example: resizer info;  resizer info --watch 2;  resizer info --json
+    """
+    settings = _service_settings(ctx)
+    from resizer.store import REDIS_DOWN, open_store, unavailable
+
+    async def read() -> QueueInfo:
+        try:
+            async with open_store(settings) as store:
+                return await store.info(failures)
+        except REDIS_DOWN as exc:
+            raise ServerUnreachable(unavailable(exc).message) from None
+
+    while True:
+        view = _run(read())
+        if as_json:
+            typer.echo(json.dumps(converter.unstructure(view), indent=2))
+        else:
+            if watch is not None and sys.stdout.isatty():
+                typer.echo("\x1b[H\x1b[2J", nl=False)  # a fresh screen each time
+            typer.echo(_describe(view))
+        if watch is None:
+            return
+        time.sleep(watch)
+
+
+def _describe(view: QueueInfo) -> str:
+    """``resizer info`` for a human."""
+    stats = view.stats
+
+    def age(since: Any) -> str:
+        return f"{(view.at - since).total_seconds():.1f} s"
+
+    lines = [
+        f"queue    {stats.waiting} waiting (oldest {stats.oldest_waiting_seconds:.1f} s), "
+        f"{stats.in_flight} in progress, {view.taken_unclaimed} taken but not claimed",
+        f"totals   {stats.counters.get('created', 0)} created, "
+        f"{stats.counters.get('done', 0)} done, {stats.counters.get('failed', 0)} failed, "
+        f"{stats.counters.get('recovered', 0)} recovered, "
+        f"{stats.counters.get('retried', 0)} retried",
+        f"workers  {len(view.workers)}",
+    ]
+    for worker in view.workers:
+        doing = f"busy with {worker.task_id}" if worker.task_id else "idle"
+        record = worker.record
+        lines.append(
+            f"  {record.name}  {doing}  done={record.done} failed={record.failed}  "
+            f"up {age(record.started_at)}  version {record.version}"
+        )
+    lines.append(f"in flight  {len(view.in_flight)}")
+    lines += [
+        f"  {f.task_id}  worker {f.worker}  attempt {f.attempt}  for {age(f.since)}"
+        for f in view.in_flight
+    ]
+    lines.append(f"recent failures  {len(view.failures)}")
+    lines += [f"  {f.at:%Y-%m-%d %H:%M:%S}  {f.task_id}  {f.error}" for f in view.failures]
+    return "\n".join(lines)
 
 
 # --- client commands ----------------------------------------------------------------------------

@@ -16,6 +16,9 @@ from resizer.store import REDIS_DOWN, REDIS_FULL, Store, open_store, unavailable
 
 log = structlog.get_logger("resizer.recovery")
 
+ALIVE_EVERY_SECONDS = 10.0
+"""How often the loop touches its liveness file, however long it waits between passes."""
+
 
 async def recover_once(store: Store) -> RecoveryReport:
     """One recovery pass, each task it acted on logged."""
@@ -61,7 +64,18 @@ async def run_recovery(settings: Settings, every: float | None) -> None:
                 log.warning("redis.unreachable", error=str(exc), retry_in=delay)
             if delay is None:
                 return
-            with suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
-            if stop.is_set():
+            if await _wait_alive(stop, delay):
                 return
+
+
+async def _wait_alive(stop: asyncio.Event, seconds: float) -> bool:
+    """Wait ``seconds`` or until ``stop`` (True then), showing the loop is alive meanwhile."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + seconds
+    while (left := until - loop.time()) > 0:
+        liveness.touch("recover")
+        with suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), min(left, ALIVE_EVERY_SECONDS))
+        if stop.is_set():
+            return True
+    return False
