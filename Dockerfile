@@ -55,6 +55,9 @@ RUN groupadd --system --gid 10001 resizer \
 
 COPY --from=build /opt/venv /opt/venv
 
+# Nothing installs anything at run time: no pip, in the venv or beside the interpreter.
+RUN /usr/local/bin/python -m pip uninstall --yes --quiet pip setuptools wheel \
+    && rm -rf /opt/venv/bin/pip* /opt/venv/lib/python*/site-packages/pip*
 USER 10001:10001
 WORKDIR /tmp
 EXPOSE 8080
@@ -67,10 +70,10 @@ EXPOSE 8080
 # signals and reaps children), and shareProcessNamespace in deploy/k8s.
 STOPSIGNAL SIGTERM
 
-# Liveness of the web role through the service's own /health, with no curl in the image.
-# The worker and recover roles serve no HTTP: compose and Kubernetes disable or replace it there.
+# One check for every role, with no curl in the image: the worker and recover roles by the age
+# of the file their loop touches, else the web role through its /health.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=15s --retries=3 \
-    CMD ["resizer", "healthcheck", "--url", "http://127.0.0.1:8080"]
+    CMD ["resizer", "healthcheck", "--role", "auto"]
 
 ENTRYPOINT ["resizer"]
 CMD ["serve", "--host", "0.0.0.0", "--port", "8080"]

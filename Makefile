@@ -16,7 +16,7 @@ $(POETRY):
 	$(TOOLS)/poetry/bin/pip install --quiet "poetry==$(POETRY_VERSION)"
 
 $(VENV)/.installed: $(POETRY) pyproject.toml poetry.lock
-	$(POETRY) install --quiet
+	$(POETRY) install --quiet --extras embedded
 	touch $@
 
 venv: $(VENV)/.installed ## install the project and its tools into .venv
@@ -30,7 +30,7 @@ test: venv ## run the test suite (unit on fakeredis, integration on a real Redis
 # The benchmark's own dependencies (pyvips with its bundled libvips, scikit-image for the corpus
 # photos) are an optional group: the service never needs them. BENCHMARKS.md explains the output.
 bench: venv ## benchmark: kernel vs naive Pillow and pyvips, end to end, API, memory
-	$(POETRY) install --quiet --with bench
+	$(POETRY) install --quiet --extras embedded --with bench
 	$(RUN) python -m bench.run
 
 lint: venv lint-deploy ## ruff check, ruff format --check, mypy --strict, the import rule, lint-deploy

@@ -124,6 +124,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                 log.exception("request.crashed", method=request.method, path=request.path)
                 error = ResizerError("internal error; it has been logged")
             response = error_response(error.status, error.code, error.message)
+            if error.retry_after is not None:
+                response.headers["Retry-After"] = str(error.retry_after)
             if error.closes_connection:
                 await _send_and_close(request, response)
 
@@ -459,6 +461,7 @@ async def ready(request: web.Request) -> web.Response:
         return web.json_response(
             {"error": {"code": err.code, "message": err.message, "failing": ["redis"]}},
             status=503,
+            headers={"Retry-After": str(err.retry_after)},
         )
     return web.json_response({"status": "ready", "checks": {"redis": "ok"}})
 

@@ -276,10 +276,11 @@ def recover(
     Example: resizer recover --every 30;  health check: resizer recover --check
     """
     settings = _service_settings(ctx)
-    from resizer.recovery import ALIVE_EVERY_SECONDS, run_recovery
+    from resizer import liveness
+    from resizer.recovery import run_recovery
 
     if check:
-        _check("recover", 3 * ALIVE_EVERY_SECONDS)
+        _check("recover", 3 * liveness.RECOVER_EVERY_SECONDS)
 
     _run(run_recovery(settings, every))
 
@@ -364,12 +365,34 @@ def up(
     raise typer.Exit(code)
 
 
-@app.command()
-def healthcheck(url: UrlOption = None) -> None:
-    """Exit 0 when the server's /health answers 200, else 1 (Docker's HEALTHCHECK convention).
+class Role(enum.StrEnum):
+    WEB = "web"
+    AUTO = "auto"
 
-    Example: resizer healthcheck --url http://127.0.0.1:8080
+
+@app.command()
+def healthcheck(
+    url: UrlOption = None,
+    role: Annotated[
+        Role,
+        typer.Option(
+            help="web: the server's /health answers 200. auto: a worker or recover loop on "
+            "this host turned recently, else as web (one check for an image that runs every "
+            "role)."
+        ),
+    ] = Role.WEB,
+) -> None:
+    """Exit 0 when healthy, else 1 (Docker's HEALTHCHECK convention).
+
+    Example: resizer healthcheck --url http://127.0.0.1:8080;  resizer healthcheck --role auto
     """
+    from resizer import liveness
+
+    if role is Role.AUTO:
+        lease = Settings.from_env().lease_seconds if "RESIZER_LEASE_SECONDS" in os.environ else 30
+        for each, within in (("work", lease), ("recover", 3 * liveness.RECOVER_EVERY_SECONDS)):
+            if liveness.is_alive(each, within):
+                raise typer.Exit(0)
     try:
         settings = ClientSettings.from_env(flags={"url": url})
         with Client(settings.url, token=settings.api_token, timeout=3) as client:

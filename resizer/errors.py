@@ -16,6 +16,8 @@ class ResizerError(Exception):
     """The answer is the last thing sent on its connection (the client misbehaved)."""
     exit_code: int = 1
     """The ``resizer`` command's exit code when this error ends it."""
+    retry_after: int | None = None
+    """Seconds after which the same request may succeed (the ``Retry-After`` header)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -76,10 +78,11 @@ class TaskNotReady(ResizerError):
 
 
 class ServiceUnavailable(ResizerError):
-    """A dependency (Redis) cannot be reached or is out of memory; retrying later may work."""
+    """A dependency (Redis) cannot be reached; retrying later may work."""
 
     status = 503
     code = "unavailable"
+    retry_after = 5
 
 
 class ImageDecodeError(ResizerError):
@@ -94,6 +97,8 @@ class StorageFull(ResizerError):
 
     status = 507
     code = "storage_full"
+    # Room comes back as tasks expire or are deleted: not within seconds.
+    retry_after = 60
 
 
 class EvictingRedis(ResizerError):

@@ -9,6 +9,9 @@ import tempfile
 import time
 from pathlib import Path
 
+RECOVER_EVERY_SECONDS = 10.0
+"""How often the recover loop touches its file, however long it waits between passes."""
+
 
 def alive_file(role: str) -> Path:
     """The file a process of ``role`` touches while it runs."""

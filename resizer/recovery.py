@@ -16,9 +16,6 @@ from resizer.store import REDIS_DOWN, REDIS_FULL, Store, open_store, unavailable
 
 log = structlog.get_logger("resizer.recovery")
 
-ALIVE_EVERY_SECONDS = 10.0
-"""How often the loop touches its liveness file, however long it waits between passes."""
-
 
 async def recover_once(store: Store) -> RecoveryReport:
     """One recovery pass, each task it acted on logged."""
@@ -75,7 +72,7 @@ async def _wait_alive(stop: asyncio.Event, seconds: float) -> bool:
     while (left := until - loop.time()) > 0:
         liveness.touch("recover")
         with suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), min(left, ALIVE_EVERY_SECONDS))
+            await asyncio.wait_for(stop.wait(), min(left, liveness.RECOVER_EVERY_SECONDS))
         if stop.is_set():
             return True
     return False

@@ -13,9 +13,10 @@ import os
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 
@@ -45,19 +46,14 @@ class Worker:
 
     async def run(self, stop: asyncio.Event, *, max_tasks: int | None = None) -> None:
         """Process tasks until ``stop`` is set (the task in hand is always finished first)."""
-        presence = asyncio.create_task(self._presence(), name="worker presence")
-        try:
+        async with _background(self._presence, "worker presence"):
             await self._loop(stop, max_tasks)
-        finally:
-            presence.cancel()
-            with suppress(asyncio.CancelledError):
-                await presence
 
-    async def _presence(self) -> None:
+    async def _presence(self, done: asyncio.Event) -> None:
         """Show this worker is alive: its record in the store (for ``resizer info``), and the
         liveness file (for ``resizer work --check``), every heartbeat, busy or idle."""
         interval = self.settings.heartbeat_seconds
-        while True:
+        while not done.is_set():
             liveness.touch("work")
             record = WorkerRecord(
                 name=self.name,
@@ -71,7 +67,7 @@ class Worker:
             )
             with suppress(*REDIS_DOWN, *REDIS_FULL):
                 await self.store.heartbeat_worker(record, ttl_seconds=3 * interval)
-            await asyncio.sleep(interval)
+            await _pause(done, interval)
 
     async def _loop(self, stop: asyncio.Event, max_tasks: int | None) -> None:
         backoff = Backoff()
@@ -165,9 +161,8 @@ class Worker:
 
     @asynccontextmanager
     async def _heartbeat(self, claim: Claim) -> AsyncIterator[None]:
-        async def beat() -> None:
-            while True:
-                await asyncio.sleep(self.settings.heartbeat_seconds)
+        async def beat(done: asyncio.Event) -> None:
+            while not await _pause(done, self.settings.heartbeat_seconds):
                 try:
                     if not await self.store.renew(claim):
                         log.warning("lease.lost", during="heartbeat")
@@ -175,13 +170,34 @@ class Worker:
                 except REDIS_DOWN + REDIS_FULL as exc:
                     log.warning("lease.renewal_failed", error=str(exc))
 
-        beater = asyncio.create_task(beat())
-        try:
+        async with _background(beat, "lease heartbeat"):
             yield
-        finally:
-            beater.cancel()
-            with suppress(asyncio.CancelledError):
-                await beater
+
+
+async def _pause(done: asyncio.Event, seconds: float) -> bool:
+    """Wait ``seconds``, or less if ``done`` is set; True if it is."""
+    with suppress(TimeoutError):
+        await asyncio.wait_for(done.wait(), seconds)
+    return done.is_set()
+
+
+@asynccontextmanager
+async def _background(
+    loop: Callable[[asyncio.Event], Coroutine[Any, Any, None]], name: str
+) -> AsyncIterator[None]:
+    """Run ``loop(done)`` beside the body; stop it by setting ``done``, not by cancelling it:
+    redis-py can swallow a cancellation that lands in the middle of a command, and the loop
+    would then run on (and its caller wait on it) forever."""
+    done = asyncio.Event()
+    task = asyncio.create_task(loop(done), name=name)
+    try:
+        yield
+    finally:
+        done.set()
+        # A command in flight ends within its socket timeout; past that, cancel as a last resort.
+        finished, _ = await asyncio.wait({task}, timeout=15)
+        if not finished:
+            task.cancel()
 
 
 def _resize(original: bytes, max_decode_bytes: int) -> list[Thumbnail]:

@@ -284,9 +284,11 @@ async def test_redis_down_is_503_json_not_a_hang(aiohttp_client: ClientFactory) 
         await client.get(f"/tasks/{'0' * 32}/image?size=64"),
     ):
         message = await assert_error(response, 503, "unavailable")
+        assert response.headers["Retry-After"] == "5"
         assert "Redis" in message
     ready = await client.get("/ready")
     assert ready.status == 503
+    assert ready.headers["Retry-After"] == "5"
     assert (await ready.json())["error"]["failing"] == ["redis"]
     assert (await client.get("/health")).status == 200
 

@@ -120,9 +120,14 @@ def test_the_health_check_of_a_role_without_http(
     env: dict[str, str], started: list[subprocess.Popen[bytes]], role: str, args: tuple[str, ...]
 ) -> None:
     assert run(env, role, "--check").returncode == 1  # nothing ran on this "host" yet
+    no_server = {**env, "RESIZER_URL": "http://127.0.0.1:1"}
+    assert run(no_server, "healthcheck", "--role", "auto").returncode == 1
     proc = subprocess.Popen(resizer_command(role, *args), env=env, stdout=subprocess.DEVNULL)
     started.append(proc)
     wait_until(lambda: run(env, role, "--check").returncode == 0, 30, f"{role} to be alive")
+    # The image's one HEALTHCHECK tells the role in the container: no HTTP asked of a worker.
+    no_server = {**env, "RESIZER_URL": "http://127.0.0.1:1"}
+    assert run(no_server, "healthcheck", "--role", "auto").returncode == 0
     if role == "work":
         proc.send_signal(signal.SIGSTOP)  # hung: its loop no longer turns
         try:

@@ -63,6 +63,7 @@ async def test_the_api_answers_507_json_and_stores_nothing(
     data = base64.b64encode(make_image("PNG", size=80)).decode()
     response = await client.post("/tasks", json={"data": data})
     assert response.status == 507
+    assert response.headers["Retry-After"] == "60"
     assert response.content_type == "application/json"
     assert (await response.json())["error"]["code"] == "storage_full"
     assert await full_store.redis.dbsize() == keys_before

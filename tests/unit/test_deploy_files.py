@@ -11,22 +11,17 @@ import re
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import yaml
 
-from resizer.config import Settings
+from resizer.config import LogFormat, Settings, specs
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 RESIZER_SERVICES = ("web", "worker", "recover")
-ENV_DEFAULTS = {
-    "REDIS_URL": None,  # differs by design: compose points at its own `redis` service
-    "RESIZER_LEASE_SECONDS": "30",
-    "RESIZER_MAX_ATTEMPTS": "3",
-    "RESIZER_TTL_SECONDS": "86400",
-    "RESIZER_MAX_BODY_BYTES": "33554432",
-    "RESIZER_MAX_PIXELS": "50000000",
-}
+# Every server setting, by its variable; compose's own `redis` service differs by design.
+SERVER_VARIABLES = {spec.env for _, spec in specs(Settings)}
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -106,11 +101,14 @@ def test_workers_are_two_scalable_and_stop_gracefully(services: dict[str, Any]) 
     assert "container_name" not in worker
     assert "ports" not in worker
     assert _seconds(worker["stop_grace_period"]) > Settings().lease_seconds
-    assert worker["healthcheck"] == {"disable": True}
+    assert worker["healthcheck"]["test"] == ["CMD", "resizer", "work", "--check"]
+    # podman-compose reads replicas only beside an explicit mode
+    assert worker["deploy"]["mode"] == "replicated"
 
 
 def test_recover_loops_every_30_seconds(services: dict[str, Any]) -> None:
     assert services["recover"]["command"] == ["recover", "--every", "30"]
+    assert services["recover"]["healthcheck"]["test"] == ["CMD", "resizer", "recover", "--check"]
 
 
 @pytest.mark.parametrize("name", RESIZER_SERVICES)
@@ -118,12 +116,9 @@ def test_compose_settings_use_the_service_names_and_defaults(
     services: dict[str, Any], name: str
 ) -> None:
     environment = services[name]["environment"]
-    assert set(environment) == set(ENV_DEFAULTS)
+    assert set(environment) == SERVER_VARIABLES
     defaults = {key: _compose_default(str(value)) for key, value in environment.items()}
     assert defaults["REDIS_URL"].startswith("redis://redis:6379")
-    for key, expected in ENV_DEFAULTS.items():
-        if expected is not None:
-            assert defaults[key] == expected, key
     without_url = {k: v for k, v in defaults.items() if k != "REDIS_URL"}
     assert Settings.from_env(without_url) == Settings()
 
@@ -234,8 +229,9 @@ def test_k8s_has_the_required_resources() -> None:
 def test_k8s_settings_use_the_service_names_and_defaults() -> None:
     manifests = _manifests()
     config = manifests["ConfigMap/resizer-config"]["data"]
-    assert set(config) | {"REDIS_URL"} == set(ENV_DEFAULTS)
-    assert Settings.from_env(config) == Settings()
+    # The secrets come from the Secret; the rest are every server setting.
+    assert set(config) | {"REDIS_URL", "RESIZER_API_TOKEN"} == SERVER_VARIABLES
+    assert attrs.evolve(Settings.from_env(config), log_format=LogFormat.AUTO) == Settings()
     assert "REDIS_URL" in manifests["Secret/resizer-redis"]["stringData"]
     for key, spec in _pod_specs(manifests).items():
         (container,) = spec["containers"]
