@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from resizer import header, openapi
+from resizer import faults, header, openapi, shutdown
 from resizer.config import Settings
 from resizer.errors import (
     BadRequest,
@@ -545,6 +545,10 @@ def make_metrics_app(main: web.Application) -> web.Application:
     return app
 
 
+SHUTDOWN_SECONDS = 10.0
+"""How long requests in flight get to finish once the server is asked to stop."""
+
+
 def serve(settings: Settings, host: str, port: int) -> None:
     """Run the web server until SIGTERM/SIGINT, finishing the requests in flight."""
     asyncio.run(_serve(settings, host, port))
@@ -559,14 +563,24 @@ async def _serve(settings: Settings, host: str, port: int) -> None:
     runners = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def stopping() -> None:
+        # Requests in flight get SHUTDOWN_SECONDS; the process is gone soon after, whatever
+        # else is stuck (a reconnect to a Redis whose name does not resolve).
+        shutdown.stop_within(SHUTDOWN_SECONDS + 5)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, stopping)
+    faults.hit("at_start")
     try:
         for site_app, site_host, site_port in sites:
-            runner = web.AppRunner(site_app, access_log=None, shutdown_timeout=10)
+            runner = web.AppRunner(site_app, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS)
             await runner.setup()
             runners.append(runner)
-            await web.TCPSite(runner, site_host, site_port, shutdown_timeout=10).start()
+            await web.TCPSite(
+                runner, site_host, site_port, shutdown_timeout=SHUTDOWN_SECONDS
+            ).start()
         log.info("server.started", host=host, port=port, metrics=str(settings.metrics_addr or ""))
         await stop.wait()
     finally:

@@ -192,12 +192,18 @@ UrlOption = Annotated[
 
 
 def _serve(run: Callable[[], None]) -> None:
-    """Run a service; a refusal to run (ResizerError) is one line on stderr and its exit code."""
+    """Run a service; a refusal to run (ResizerError) is one line on stderr and its exit code.
+
+    Once it is done, the process ends at once: no stray thread (a name being resolved) holds it.
+    """
+    from resizer import shutdown
+
     try:
         run()
     except ResizerError as exc:
         typer.echo(f"resizer: {exc.message}", err=True)
-        raise typer.Exit(exc.exit_code) from None
+        shutdown.exit_now(exc.exit_code)
+    shutdown.exit_now(0)
 
 
 @app.command()
@@ -282,7 +288,7 @@ def recover(
     if check:
         _check("recover", 3 * liveness.RECOVER_EVERY_SECONDS)
 
-    _run(run_recovery(settings, every))
+    _serve(lambda: _run(run_recovery(settings, every)))
 
 
 @app.command()

@@ -3,7 +3,8 @@
 Off unless ``RESIZER_FAILPOINTS`` is set, e.g. ``before_complete=kill`` or
 ``during_resize=sleep:5@POISON`` (the action runs only for images whose bytes contain
 ``POISON``). Actions: ``kill`` (SIGKILL to this process: a crash no handler can soften),
-``sleep:SECONDS``, ``raise`` (an unexpected exception). The fault-tolerance tests use them to
+``sleep:SECONDS``, ``raise`` (an unexpected exception), ``stuck_thread`` (a thread that never
+ends, as one stuck resolving a host name). The fault-tolerance tests use them to
 crash a worker deterministically at each step of a task's life.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import threading
 import time
 
 import attrs
@@ -49,3 +51,6 @@ def hit(name: str, data: bytes = b"") -> None:
         time.sleep(float(spec.action.removeprefix("sleep:")))
     elif spec.action == "raise":
         raise InjectedFault(f"failpoint {name} raised")
+    elif spec.action == "stuck_thread":
+        # A thread that never returns, as one stuck in getaddrinfo: the exit must not wait for it.
+        threading.Thread(target=threading.Event().wait, name="stuck", daemon=False).start()

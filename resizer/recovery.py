@@ -8,13 +8,16 @@ from contextlib import suppress
 
 import structlog
 
-from resizer import liveness
+from resizer import faults, liveness, shutdown
 from resizer.backoff import Backoff
 from resizer.config import Settings
 from resizer.models import RecoveryReport
 from resizer.store import REDIS_DOWN, REDIS_FULL, Store, open_store, unavailable
 
 log = structlog.get_logger("resizer.recovery")
+
+STOP_SECONDS = 8.0
+"""The longest a loop asked to stop takes to exit (within compose's 10 s grace)."""
 
 
 async def recover_once(store: Store) -> RecoveryReport:
@@ -34,8 +37,14 @@ async def run_recovery(settings: Settings, every: float | None) -> None:
     logs ``recovery.finished`` with what it did."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def stopping() -> None:
+        shutdown.stop_within(STOP_SECONDS)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, stopping)
+    faults.hit("at_start")
     backoff = Backoff()
     checked = False
     async with open_store(settings) as store:

@@ -20,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from resizer import __version__, faults, imaging, liveness, memory
+from resizer import __version__, faults, imaging, liveness, memory, shutdown
 from resizer.backoff import Backoff
 from resizer.config import Settings
 from resizer.errors import ImageDecodeError
@@ -154,8 +154,14 @@ class Worker:
         while True:
             try:
                 return await self.store.complete(claim, result_format, images, seconds)
-            except REDIS_DOWN + REDIS_FULL:
+            except REDIS_DOWN + REDIS_FULL as exc:
                 if time.monotonic() > give_up_at:
+                    log.warning(
+                        "task.abandoned",
+                        error=str(exc),
+                        detail="its results could not be stored; the task runs again once "
+                        "its lease expires",
+                    )
                     raise
                 await asyncio.sleep(backoff.next())
 
@@ -211,8 +217,15 @@ async def serve_worker(settings: Settings) -> None:
         log.info("allocator.tuned", keep_below=memory.KEEP_BELOW, trim_above=memory.TRIM_ABOVE)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def stopping() -> None:
+        # The task in hand may take up to a lease to finish and acknowledge (through an outage).
+        shutdown.stop_within(settings.lease_seconds + 10)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, stopping)
+    faults.hit("at_start")
     # BLMOVE blocks for TAKE_TIMEOUT_SECONDS: the socket must wait longer than that.
     async with open_store(settings, socket_timeout=TAKE_TIMEOUT_SECONDS + 10) as store:
         await Worker(store, settings).run(stop)
