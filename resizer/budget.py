@@ -39,10 +39,8 @@ DEFAULT_MAX_DECODE_BYTES = 512 * MiB
 deploy/k8s); with its idle process, the original and its copy, and the freed heap malloc keeps
 (resizer/memory.py), this leaves a quarter of it to spare."""
 
-# Measured on the benchmark corpus (a sweep of draft scales, since removed from bench/kernel.py):
-# decoding JPEG at 1/8 scale (DC only) and then resizing still scores >= 42 dB at 64 px, but the
-# margin is thin on grainy photos; a draft of at least 2x the target costs little more and keeps
-# a clear margin.
+# Decoding a JPEG at 1/8 scale (DC only) still meets the quality bar at 64 px, with a thin margin
+# on grainy photos; a draft of at least twice the target costs little more and keeps a clear one.
 JPEG_DRAFT_FACTOR = 2
 # CMYK's conversion is far from linear, so as little averaging as possible may happen before it:
 # the DCT's own averaging at 1/8 costs ~8 dB on the corpus scan, at 1/4 it does not.

@@ -12,7 +12,7 @@ How a thumbnail is made, and why in this order (figures in BENCHMARKS.md):
    for a fraction of the cost. The scale is the smallest that keeps at least
    ``budget.JPEG_DRAFT_FACTOR`` times the largest target (1/8 for a 3000 px photo), which stays
    well above the quality bar. PNG has no shrink-on-load; the common PNGs (8-bit, not
-   interlaced) are decoded 2-2.5x faster than Pillow does by ``pngdecode``, the rest by Pillow.
+   interlaced) are decoded faster than Pillow does by ``pngdecode``, the rest by Pillow.
 2. The pixels are brought to one of RGB, RGBA, L, LA (8 bits) at whatever size the decoder gave;
    palettes become RGB(A) so they are filtered, not nearest-neighboured; 16-bit is scaled.
 3. ``reduce()`` by the largest integer factor that leaves ``_REDUCING_GAP`` times the largest
@@ -20,8 +20,8 @@ How a thumbnail is made, and why in this order (figures in BENCHMARKS.md):
    CMYK is the exception: its inks mix far from linearly, so littlecms converts it first, on the
    whole draft decode.
 4. One LANCZOS to the largest size; the smaller sizes come from that result for opaque images
-   (cheapest, >= 47 dB on the corpus) and from the intermediate for images with alpha (through
-   the 64 they lose 1-4 dB: 41.7 dB on a hard-edged cut-out, under the bar).
+   (cheapest, and well above the quality bar) and from the intermediate for images with alpha
+   (through the 64, a hard-edged cut-out falls under the bar).
 5. EXIF orientation is applied to each result: a pure permutation of pixels, so it commutes
    with the (symmetric, separable) resize and costs nothing at 64x64.
 6. Alpha is composited on white only for JPEG, which cannot carry it.
@@ -44,17 +44,15 @@ from resizer.header import INPUT_FORMATS, describe, output_format
 from resizer.models import SIZES, Thumbnail
 
 # reduce() is a box filter: exact and very fast, but it aliases when it does the whole job.
-# Leaving LANCZOS at least this factor of the target keeps every corpus file >= 45 dB; 3.0 gains
-# ~2 dB on PNG but makes the JPEG 1/8 draft (375 px for 3000) skip reduce(2), and LANCZOS over
-# 375 px then costs 10% of the task; 2.0 loses 3 dB on PNG for nothing measurable.
+# Leaving LANCZOS at least this factor of the target keeps every corpus file >= 45 dB; a larger
+# gap makes the 1/8 JPEG draft of a 3000 px photo skip reduce(2) and pay for a wider LANCZOS.
 _REDUCING_GAP = 2.5
 
-# At 64x64, JPEG's 4:2:0 chroma smears colour edges over a quarter of the image: 4:4:4 and
-# quality 95 are what it takes to reach the delivered-file bar (>= 36 dB); the files stay small.
+# At 64x64, JPEG's 4:2:0 chroma smears colour edges over a quarter of the image: 4:4:4 and a
+# high quality are what it takes to reach the delivered-file bar (>= 36 dB); the files stay small.
 _JPEG_QUALITY = 97
-# Lossy WebP is always 4:2:0 and misses the bar at this size (29-32 dB on the corpus, even at
-# quality 100); lossless WebP of a 64x64 is a few KB. At the lowest effort it encodes in 0.3 ms
-# instead of 14 ms (method 4) for files 15% larger.
+# Lossy WebP is always 4:2:0 and misses the bar at this size, even at quality 100; lossless WebP
+# of a 64x64 is a few KB, and at the lowest effort it encodes ~40x faster for slightly larger files.
 _WEBP_PARAMS = {"lossless": True, "quality": 0, "method": 0}
 
 # As browsers and viewers render photos: perceptual, which maps a press gamut into sRGB smoothly.
@@ -149,7 +147,7 @@ def _thumbnail_images(
             if drafted is not None:
                 extent = drafted[1][2]
             _whole_file_at_once(img, data)
-        # Most PNGs decode 2-2.5x faster with our own decoder (pngdecode.py); the rest with Pillow.
+        # Most PNGs decode faster with our own decoder (pngdecode.py); the rest with Pillow.
         fast = pngdecode.decode(data) if img.format == "PNG" else None
         if fast is not None:
             decoded, orientation = fast.image, _orientation(functools.partial(_exif, fast.exif))
@@ -174,9 +172,9 @@ def _thumbnail_images(
     work = _to_srgb(work, profile)
     box = (0.0, 0.0, extent, extent)
     largest = work.resize((target, target), Image.Resampling.LANCZOS, box=box)
-    # Opaque images: the smaller sizes come from the largest result, ~0.35 ms cheaper than from
-    # the intermediate and >= 47 dB on the corpus. With alpha, the 8-bit premultiplied round trip
-    # through the 64 costs too much (41.7 dB on a hard-edged cut-out): from the intermediate.
+    # Opaque images: the smaller sizes come from the largest result, cheaper than from the
+    # intermediate and >= 47 dB on the corpus. With alpha, the 8-bit premultiplied round trip
+    # through the 64 costs too much on hard edges: from the intermediate.
     source = work if work.mode in ("RGBA", "LA") else largest
     source_box = box if source is work else None
     results = [largest]
@@ -351,9 +349,8 @@ def _build_transform(icc: bytes, mode: str) -> ImageCms.ImageCmsTransform | None
             "RGBA" if mode == "RGBA" else "RGB",
             renderingIntent=_INTENT,
             # Transforms are cached and shared; without littlecms's one-pixel cache, applying one
-            # is re-entrant, so threads may share it (and it measured no slower). For CMYK the
-            # default 17^4 table is up to 16 levels off and misses the bar (41 dB) on saturated
-            # inks; the 23^4 one reaches 44 dB at the same speed per pixel.
+            # is re-entrant, so threads may share it. For CMYK the default 17^4 table misses the
+            # quality bar on saturated inks; the 23^4 one meets it at the same speed per pixel.
             flags=ImageCms.Flags.NOCACHE
             | (ImageCms.Flags.HIGHRESPRECALC if mode == "CMYK" else ImageCms.Flags.NONE),
         )

@@ -3,11 +3,10 @@
 Decoding a large image allocates tens of MB (a 2048x2048 PNG: its inflated rows, the pixels,
 Pillow's image) and frees them at the end of the task. glibc serves allocations over its
 dynamic mmap threshold (128 KiB at first) with fresh mmap()s and gives them back on free, so the
-next task faults every page in again: ~100,000 page faults, 10-17 ms of a 90 ms PNG task on the
-benchmark machine. Serving buffers up to ``KEEP_BELOW`` from the heap, and keeping up to
-``TRIM_ABOVE`` of freed heap before returning it, lets the next task reuse warm pages. The cost
-is that a worker's resident memory stays at its high-water mark (measured: 85 MB instead of
-falling back to 54 MB after a 2048 PNG); its peak does not change.
+next task faults every page in again (a sixth of a PNG task's time; BENCHMARKS.md). Serving
+buffers up to ``KEEP_BELOW`` from the heap, and keeping up to ``TRIM_ABOVE`` of freed heap
+before returning it, lets the next task reuse warm pages. The cost is that a worker's resident
+memory stays at its high-water mark; its peak does not change.
 """
 
 from __future__ import annotations

@@ -6,12 +6,12 @@ which also produces the error message for a broken file; so this module can only
 faster, never change whether it decodes or what its pixels are (tests/unit/test_pngdecode.py
 compares the two, on made files and under fuzzing).
 
-Why it exists (figures in BENCHMARKS.md): on a photo PNG, Pillow spends ~40% of its decode in
-zlib's inflate (the system zlib, which the Pillow wheel links) and ~60% unfiltering rows with
-scalar C. libpng unfilters with SIMD but, in the wheel we can get it from (imagecodecs), is linked
-to the same slow zlib; libdeflate, in the same wheel, inflates 2.5x faster than zlib. So the IDAT
-stream is inflated by libdeflate, re-wrapped as "stored" (uncompressed) deflate blocks, which
-libpng's inflate only copies, and libpng does the unfiltering: 2-2.5x faster than Pillow overall.
+Why it exists (figures in BENCHMARKS.md): Pillow spends a photo PNG's decode in zlib's inflate
+(the system zlib, which the Pillow wheel links) and in unfiltering rows with scalar C. libpng
+unfilters with SIMD but, in the wheel we can get it from (imagecodecs), is linked to the same
+slow zlib; libdeflate, in the same wheel, inflates much faster. So the IDAT stream is inflated
+by libdeflate, re-wrapped as "stored" (uncompressed) deflate blocks, which libpng's inflate only
+copies, and libpng does the unfiltering: about twice as fast as Pillow overall.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def _decode(layout: _Layout) -> Image.Image:
         # Pillow's layout is the array's: share its memory (the image keeps the array alive).
         return Image.frombuffer(mode, size, pixels, "raw", mode, 0, 1)
     # LA and RGB are 4 bytes a pixel in Pillow: one copy, into memory that is not zeroed first
-    # (Image.frombytes would zero it: 4 ms on a 2048x2048 photo).
+    # (Image.frombytes would zero it).
     image = Image.new(mode, size, None)
     image.frombytes(pixels, "raw", mode)
     return image
