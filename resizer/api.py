@@ -487,6 +487,18 @@ def add_metrics_routes(app: web.Application, main: web.Application) -> None:
     app.router.add_get("/metrics/cluster", cluster_metrics)
 
 
+async def info(request: web.Request) -> web.Response:
+    """The queue at a glance (``resizer info``): lengths, tasks in flight, workers, failures."""
+    raw = request.query.get("failures", "10")
+    if not raw.isdigit() or int(raw) > MAX_FAILURES_SHOWN:
+        raise BadRequest(f"failures must be a whole number from 0 to {MAX_FAILURES_SHOWN}")
+    return json_response(await request.app[STORE].info(int(raw)))
+
+
+MAX_FAILURES_SHOWN = 100
+"""As many as the store keeps per partition."""
+
+
 async def openapi_json(request: web.Request) -> web.Response:
     return web.json_response(openapi.document())
 
@@ -529,6 +541,7 @@ def make_app(settings: Settings, store: Store | None = None) -> web.Application:
     app.router.add_get("/tasks/{task_id}/image", get_image)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
+    app.router.add_get("/info", info)
     app.router.add_get("/openapi.json", openapi_json)
     if settings.metrics_addr is None:
         add_metrics_routes(app, app)

@@ -411,27 +411,25 @@ def healthcheck(
 
 @app.command()
 def info(
-    ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
     watch: Annotated[
         float | None, typer.Option(min=0.5, help="Refresh every SECONDS until Ctrl-C.")
     ] = None,
-    failures: Annotated[int, typer.Option(min=0, help="How many recent failures to show.")] = 10,
+    failures: Annotated[
+        int, typer.Option(min=0, max=100, help="How many recent failures to show.")
+    ] = 10,
+    url: UrlOption = None,
 ) -> None:
     """The queue at a glance: lengths, the oldest waiting task, tasks in flight with their
-    worker, the workers, the last failures. Reads Redis (REDIS_URL), like the roles.
+    worker, the workers, the last failures (from the server's GET /info).
 
     Example: resizer info;  resizer info --watch 2;  resizer info --json
     """
-    settings = _service_settings(ctx)
-    from resizer.store import REDIS_DOWN, open_store, unavailable
+    settings = _client_settings(url)
 
     async def read() -> QueueInfo:
-        try:
-            async with open_store(settings) as store:
-                return await store.info(failures)
-        except REDIS_DOWN as exc:
-            raise ServerUnreachable(unavailable(exc).message) from None
+        async with _client(settings) as client:
+            return await client.info(failures)
 
     while True:
         view = _run(read())

@@ -249,6 +249,44 @@ def _document() -> dict[str, Any]:
                     },
                 }
             },
+            "/info": {
+                "get": {
+                    "operationId": "info",
+                    "summary": "The queue at a glance: lengths, tasks in flight, workers, "
+                    "recent failures (resizer info)",
+                    "parameters": [
+                        {
+                            "name": "failures",
+                            "in": "query",
+                            "required": False,
+                            "description": "How many recent failures to list.",
+                            "schema": {"type": "integer", "minimum": 0, "maximum": 100},
+                        }
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "The queue",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "required": [
+                                            "at",
+                                            "stats",
+                                            "taken_unclaimed",
+                                            "in_flight",
+                                            "workers",
+                                            "failures",
+                                        ],
+                                    }
+                                }
+                            },
+                        },
+                        "400": _error("`failures` is not a whole number from 0 to 100"),
+                        "503": _error("Redis is unreachable"),
+                    },
+                }
+            },
             "/metrics": {
                 "get": {
                     "operationId": "metrics",

@@ -20,7 +20,7 @@ from resizer.client._protocol import (
     read_image,
     run_async,
 )
-from resizer.models import ImageSize, TaskCreated, TaskView
+from resizer.models import ImageSize, QueueInfo, TaskCreated, TaskView
 
 
 class AsyncClient:
@@ -68,6 +68,11 @@ class AsyncClient:
     async def health(self) -> bool:
         """Whether the server answers ``GET /health`` with 200."""
         return await self._run(self._api.health())
+
+    async def info(self, failures: int = 10) -> QueueInfo:
+        """The queue at a glance (``GET /info``): lengths, the oldest waiting task's age, tasks
+        in flight with their worker, the workers, the last ``failures`` failures."""
+        return await self._run(self._api.info(failures))
 
     async def close(self) -> None:
         if self._session is not None:

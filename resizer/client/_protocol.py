@@ -22,7 +22,15 @@ import cattrs
 from resizer import __version__
 from resizer.config import ClientSettings, mask_url, spec_of
 from resizer.errors import ApiError, BadResponse, ResizerError, ServerUnreachable
-from resizer.models import MAX_WAIT_SECONDS, ImageSize, TaskCreated, TaskStatus, TaskView, converter
+from resizer.models import (
+    MAX_WAIT_SECONDS,
+    ImageSize,
+    QueueInfo,
+    TaskCreated,
+    TaskStatus,
+    TaskView,
+    converter,
+)
 
 T = TypeVar("T")
 
@@ -218,6 +226,11 @@ class Api:
     def health(self) -> Operation[bool]:
         response = yield self._request("GET", "/health")
         return response.status == 200
+
+    def info(self, failures: int = 10) -> Operation[QueueInfo]:
+        """The queue at a glance: lengths, tasks in flight, workers, recent failures."""
+        response = yield self._request("GET", f"/info?failures={failures:d}")
+        return self._json(response, QueueInfo)
 
     # --- errors the transports raise ----------------------------------------------------------
 

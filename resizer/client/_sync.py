@@ -18,7 +18,7 @@ from resizer.client._protocol import (
     read_image,
     run,
 )
-from resizer.models import ImageSize, TaskCreated, TaskView
+from resizer.models import ImageSize, QueueInfo, TaskCreated, TaskView
 
 # The server may close a kept-alive connection while it is idle; these say so on the next use.
 _STALE_CONNECTION = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
@@ -72,6 +72,11 @@ class Client:
     def health(self) -> bool:
         """Whether the server answers ``GET /health`` with 200."""
         return self._run(self._api.health())
+
+    def info(self, failures: int = 10) -> QueueInfo:
+        """The queue at a glance (``GET /info``): lengths, the oldest waiting task's age, tasks
+        in flight with their worker, the workers, the last ``failures`` failures."""
+        return self._run(self._api.info(failures))
 
     def close(self) -> None:
         if self._connection is not None:

@@ -271,7 +271,7 @@ def test_the_api_conforms_to_its_document(live_url: str) -> None:
         assert isinstance(result, Ok), result
         operations.append(result.ok())
     # Every route but /openapi.json itself, which schemathesis leaves out.
-    assert len(operations) == 8
+    assert len(operations) == 9
     for operation in operations:
 
         @given(case=operation.as_strategy())

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from resizer.config import Settings
+from resizer.embedded import free_port
 from resizer.models import ImageInfo, Upload
 from resizer.processes import resizer_command
 from tests.helpers import make_image, wait_until
@@ -53,7 +54,7 @@ def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def info(env: dict[str, str]) -> dict[str, Any]:
-    done = run(env, "info", "--json")
+    done = run(env, "info", "--json")  # through the web (RESIZER_URL)
     assert done.returncode == 0, done.stderr
     view: dict[str, Any] = json.loads(done.stdout)
     return view
@@ -75,6 +76,11 @@ def submit(settings: Settings, data: bytes) -> str:
 def test_info_shows_the_queue_its_workers_and_its_failures(
     env: dict[str, str], started: list[subprocess.Popen[bytes]], real_settings: Settings
 ) -> None:
+    port = free_port()
+    web = resizer_command("serve", "--host", "127.0.0.1", "--port", str(port))
+    started.append(subprocess.Popen(web, env=env, stdout=subprocess.DEVNULL))
+    env["RESIZER_URL"] = f"http://127.0.0.1:{port}"
+    wait_until(lambda: run(env, "healthcheck").returncode == 0, 30, "the web process")
     worker = subprocess.Popen(resizer_command("work"), env=env, stdout=subprocess.DEVNULL)
     started.append(worker)
     wait_until(lambda: len(info(env)["workers"]) == 1, 30, "the worker's record")
@@ -108,11 +114,11 @@ def test_info_shows_the_queue_its_workers_and_its_failures(
     assert "decode" in failure["error"]
 
 
-def test_info_says_when_redis_is_away(env: dict[str, str]) -> None:
-    done = run({**env, "REDIS_URL": "redis://127.0.0.1:1/0"}, "info")
+def test_info_says_when_the_server_is_away(env: dict[str, str]) -> None:
+    done = run({**env, "RESIZER_URL": "http://127.0.0.1:1"}, "info")
     assert done.returncode == 3
     assert done.stderr.count("\n") == 1
-    assert "Redis" in done.stderr
+    assert "resizer up" in done.stderr
 
 
 @pytest.mark.parametrize(("role", "args"), [("work", ()), ("recover", ("--every", "1"))])
