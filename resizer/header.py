@@ -96,8 +96,9 @@ def output_format(input_format: str) -> str:
 
 
 def content_type(fmt: str) -> str:
-    """The media type of a thumbnail written in ``fmt`` (an ``output_format`` result)."""
-    return _CONTENT_TYPES.get(fmt, "application/octet-stream")
+    """The media type of an image in ``fmt`` (a format as ``inspect`` or ``output_format``
+    names it); a multi-picture JPEG is served as the JPEG it starts with."""
+    return _CONTENT_TYPES.get(_ALIASES.get(fmt, fmt), "application/octet-stream")
 
 
 def describe(exc: BaseException) -> str:

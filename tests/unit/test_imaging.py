@@ -681,3 +681,10 @@ def test_the_header_check_imports_no_pixel_stack() -> None:
         [sys.executable, "-c", pipeline], capture_output=True, text=True, check=True
     )
     assert out.stdout.split() == ["True", "True"]  # the check above can tell
+
+
+def test_a_multi_picture_jpeg_is_served_as_jpeg() -> None:
+    from resizer import header
+
+    assert header.content_type("mpo") == header.content_type("jpeg") == "image/jpeg"
+    assert header.content_type("tiff") == "application/octet-stream"
