@@ -11,7 +11,7 @@ import attrs
 import redis
 
 from resizer.config import Settings
-from resizer.store.keys import partition
+from resizer.store.keys import WORKERS, partition, worker_key
 from tests.chaos.harness import (
     Api,
     Cluster,
@@ -41,8 +41,18 @@ def per_task_keys(client: redis.Redis) -> list[str]:
     """Keys that exist because of some task. What may stay: the shared queue keys and the
     service's own counters (a handful of keys, whatever the number of tasks)."""
     p0 = partition(0)
-    shared = (p0.waiting, p0.processing, p0.leases, p0.stats, p0.durations, p0.failures)
-    return [k for k in key_names(client) if k not in shared]
+    shared = (
+        p0.waiting,
+        p0.processing,
+        p0.leases,
+        p0.stats,
+        p0.durations,
+        p0.claim_waits,
+        p0.failures,
+        WORKERS,
+    )
+    # The workers' own records (expiring a few heartbeats after their worker stops).
+    return [k for k in key_names(client) if k not in shared and not k.startswith(worker_key(""))]
 
 
 def used_memory(client: redis.Redis) -> int:
