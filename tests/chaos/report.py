@@ -30,6 +30,7 @@ SCENARIOS = (
     "Junk colour profiles",
     "Garbage uploads",
     "Secrets and sniffing",
+    "A hostile server answering fetch",
 )
 
 

@@ -508,3 +508,64 @@ def test_secrets_and_sniffing(
         f"password in up's output: {'hunter2-secret' in printed}; X-Content-Type-Options: {sniff}",
         alive=serving,
     )
+
+
+def test_a_hostile_server_answering_fetch(figures: Figures, tmp_path: Path) -> None:
+    """A hostile server answering fetch: a format naming a path, and a dangling symlink at the
+    file fetch writes."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    jpeg = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(jpeg, "JPEG")
+    answers = {"type": "image/sh/../../victim"}
+
+    class Hostile(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", answers["type"])
+            self.send_header("Content-Length", str(len(jpeg.getvalue())))
+            self.end_headers()
+            self.wfile.write(jpeg.getvalue())
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hostile)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    out, outside = tmp_path / "out", tmp_path / "outside"
+    out.mkdir()
+    outside.mkdir()
+    task = "ab" * 16
+
+    def fetch(*extra: str) -> subprocess.CompletedProcess[str]:
+        argv = resizer_command("fetch", task, "--size", "64", "-o", f"{out}/", "--url", url)
+        return subprocess.run(
+            [*argv, *extra], capture_output=True, text=True, timeout=60, check=False
+        )
+
+    try:
+        refused_format = fetch()
+        answers["type"] = "image/jpeg"
+        target = out / f"{task}_64.jpg"
+        target.symlink_to(outside / "victim.jpg")  # dangling, pointing out of the directory
+        refused_link = fetch()
+        forced = fetch("--force")
+    finally:
+        server.shutdown()
+    written_outside = sorted(p.name for p in outside.iterdir())
+    assert refused_format.returncode == 1
+    assert refused_link.returncode == 1
+    assert forced.returncode == 0
+    assert written_outside == []
+    assert not target.is_symlink()
+    hostile(
+        figures,
+        "file names from the ids typed and a fixed list of extensions; exclusive create, "
+        "no symlink followed; --force replaces atomically",
+        f"format naming a path: exit {refused_format.returncode}; dangling symlink: exit "
+        f"{refused_link.returncode}, with --force replaced, not followed; files written "
+        f"outside the directory: {len(written_outside)}",
+        alive=True,
+    )
