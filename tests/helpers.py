@@ -10,6 +10,12 @@ from collections.abc import Awaitable, Callable
 
 from PIL import Image
 
+from resizer import header
+from resizer.models import ImageInfo, Upload
+
+INFO = ImageInfo(format="png", width=100, height=100)
+"""What a test upload says it is, where no code looks at the pixels."""
+
 
 def make_image(
     fmt: str = "PNG",
@@ -57,3 +63,25 @@ def make_noise_image(fmt: str = "PNG", size: int = 96) -> bytes:
     out = io.BytesIO()
     img.save(out, fmt)
     return out.getvalue()
+
+
+def upload(data: bytes | None = None, *, real: bool = False) -> Upload:
+    """An upload of ``data``: by default unique bytes (so no two tasks share content) said to be
+    a PNG; with ``real``, ``data`` is an image and its header is read as the API reads it."""
+    data = os.urandom(16) if data is None else data
+    info = header.inspect(data, 10**8) if real else INFO
+    return Upload.of(info, data)
+
+
+def answers(url: str, path: str = "/health", status: int = 200) -> bool:
+    """True if ``url + path`` answers ``status`` now (False while nothing listens there)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}{path}", timeout=2) as response:  # noqa: S310
+            return bool(response.status == status)
+    except urllib.error.HTTPError as exc:
+        return exc.code == status
+    except OSError:
+        return False

@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from resizer.embedded import RedisServer, free_port
 from resizer.models import ImageSize, TaskStatus
 from resizer.processes import resizer_command
 from resizer.store.keys import partition, task_key
+from tests.helpers import wait_until
 
 FINISHED = {TaskStatus.DONE.value, TaskStatus.FAILED.value}
 
@@ -208,22 +209,6 @@ def parse_events(log: str) -> list[dict[str, Any]]:
 
 
 # --- waiting ----------------------------------------------------------------------------------
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
-
-
-async def await_until(predicate: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> int:

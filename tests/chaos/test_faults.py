@@ -22,9 +22,9 @@ from tests.chaos.harness import (
     statuses,
     wait_exit,
     wait_finished,
-    wait_until,
 )
 from tests.chaos.photos import uniquify
+from tests.helpers import wait_until
 
 FAST = Settings(lease_seconds=1, max_attempts=3, ttl_seconds=3600)
 

@@ -29,8 +29,8 @@ from resizer.models import ImageInfo, Upload
 from resizer.processes import resizer_command
 from resizer.store import Store, client_for
 from resizer.store.keys import partition, task_key
-from tests.chaos.harness import Cluster, Figures, http_get, percentile, wait_until
-from tests.helpers import make_noise_image
+from tests.chaos.harness import Cluster, Figures, http_get, percentile
+from tests.helpers import make_noise_image, wait_until
 
 MiB = 2**20
 

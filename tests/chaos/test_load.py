@@ -23,9 +23,9 @@ from tests.chaos.harness import (
     statuses,
     task_hashes,
     wait_finished,
-    wait_until,
 )
 from tests.chaos.photos import uniquify
+from tests.helpers import wait_until
 
 LOAD_TASKS = 5000
 CONCURRENCY = 64

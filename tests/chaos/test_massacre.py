@@ -17,9 +17,9 @@ from tests.chaos.harness import (
     open_session,
     statuses,
     wait_finished,
-    wait_until,
 )
 from tests.chaos.photos import uniquify
+from tests.helpers import wait_until
 
 TASKS = 1000
 WORKERS = 3

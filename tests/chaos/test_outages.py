@@ -24,9 +24,9 @@ from tests.chaos.harness import (
     task_hashes,
     wait_exit,
     wait_finished,
-    wait_until,
 )
 from tests.chaos.photos import uniquify
+from tests.helpers import wait_until
 
 OUTAGE_SECONDS = 10.0
 # The API's Redis calls are bounded (2 s connect timeout, 5 s read timeout, 2 retries): no

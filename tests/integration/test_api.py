@@ -26,11 +26,6 @@ ClientFactory = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
 Client = TestClient[Any, Any]
 
 
-@pytest.fixture
-async def client(aiohttp_client: ClientFactory, real_settings: Settings) -> Client:
-    return await aiohttp_client(make_app(real_settings))
-
-
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from contextlib import suppress
 from pathlib import Path
@@ -19,7 +18,7 @@ from PIL import Image
 
 from resizer.embedded import free_port
 from resizer.processes import resizer_command
-from tests.helpers import make_image, wait_until
+from tests.helpers import answers, make_image, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -51,14 +50,6 @@ def resizer(*args: str, url: str, stdin: bytes = b"") -> subprocess.CompletedPro
     )
 
 
-def healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=1) as response:  # noqa: S310
-            return bool(response.status == 200)
-    except OSError:
-        return False
-
-
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -86,7 +77,7 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
         )
     service = Up(f"http://127.0.0.1:{port}", proc, log)
     try:
-        wait_until(lambda: healthy(service.url), 60, "resizer up to serve /health")
+        wait_until(lambda: answers(service.url), 60, "resizer up to serve /health")
         yield service
     finally:
         if proc.poll() is None:
@@ -428,7 +419,7 @@ def test_probes_are_logged_at_debug_and_other_requests_at_info(up: Up, tmp_path:
     photo = tmp_path / "photo.png"
     photo.write_bytes(make_image("PNG", unique=True))
     assert resizer("submit", str(photo), url=up.url).returncode == 0
-    assert healthy(up.url)
+    assert answers(up.url)
 
     # The fields as the JSON renderer writes them, in their order (method, route, status).
     posted = '"method": "POST", "route": "/tasks", "status": 201'
@@ -491,4 +482,4 @@ def test_sigterm_stops_up_and_leaves_no_process_behind(up: Up) -> None:
     assert up.proc.wait(60) == 0
     for name, pid in up.child_pids().items():
         assert not alive(pid), f"{name} (pid {pid}) outlived resizer up"
-    assert not healthy(up.url)
+    assert not answers(up.url)

@@ -9,15 +9,12 @@ import attrs
 import pytest
 
 from resizer.config import Settings
-from resizer.models import ImageInfo, TaskStatus, Upload
+from resizer.models import TaskStatus
 from resizer.store import Store, client_for
 from resizer.store.keys import task_key
+from tests.helpers import upload
 
 pytestmark = pytest.mark.integration
-
-
-def upload(data: bytes) -> Upload:
-    return Upload.of(ImageInfo(format="png", width=100, height=100), data)
 
 
 async def test_tasks_that_joined_a_waiting_task_outlast_its_own_ttl_and_finish(

@@ -19,8 +19,9 @@ import redis
 import redis.asyncio as aioredis
 
 from resizer.config import Settings
-from resizer.models import ImageInfo, TaskStatus, Upload
+from resizer.models import TaskStatus
 from resizer.store import Store, client_for
+from tests.helpers import upload
 
 pytestmark = pytest.mark.integration
 
@@ -70,10 +71,6 @@ async def stalled(url: str, call: Callable[[], Awaitable[Any]]) -> Any:
     finally:
         await sleeper.aclose()
         await probe.aclose()
-
-
-def upload(data: bytes) -> Upload:
-    return Upload.of(ImageInfo(format="png", width=64, height=64), data)
 
 
 async def run_twice(url: str, call: Callable[[], Awaitable[Any]]) -> Any:

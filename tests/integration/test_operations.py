@@ -29,18 +29,11 @@ from resizer.api import make_app
 from resizer.config import Settings
 from resizer.embedded import free_port
 from resizer.processes import resizer_command
-from tests.helpers import make_image, wait_until
+from tests.helpers import answers, make_image, wait_until
 from tests.integration.test_api import b64, post_image, run_worker_until_idle
 
 pytestmark = pytest.mark.integration
 Client = TestClient[Any, Any]
-
-
-@pytest.fixture
-async def client(
-    aiohttp_client: Callable[[web.Application], Awaitable[Client]], real_settings: Settings
-) -> Client:
-    return await aiohttp_client(make_app(real_settings))
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -230,15 +223,8 @@ def live_url(redis_server: Any) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
 
-    def healthy() -> bool:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=1) as response:  # noqa: S310
-                return bool(response.status == 200)
-        except OSError:
-            return False
-
     try:
-        wait_until(healthy, 60, "resizer serve")
+        wait_until(lambda: answers(url), 60, "resizer serve")
         request = urllib.request.Request(  # noqa: S310
             f"{url}/tasks",
             data=f'{{"data": "{b64(make_image("PNG", unique=True))}"}}'.encode(),

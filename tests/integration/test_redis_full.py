@@ -17,14 +17,13 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from resizer import header
 from resizer.api import make_app
 from resizer.config import Settings
 from resizer.embedded import RedisServer
-from resizer.models import TaskStatus, Upload
+from resizer.models import TaskStatus
 from resizer.store import Store, client_for
 from resizer.worker import Worker
-from tests.helpers import await_until, make_image
+from tests.helpers import await_until, make_image, upload
 
 pytestmark = pytest.mark.integration
 
@@ -47,11 +46,6 @@ async def unfill(store: Store) -> None:
     await store.redis.config_set("maxmemory", "0")
 
 
-def upload(size: int = 64) -> Upload:
-    data = make_image("PNG", size=size)
-    return Upload.of(header.inspect(data, 10**8), data)
-
-
 async def test_the_api_answers_507_json_and_stores_nothing(
     full_store: Store, aiohttp_client: Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
 ) -> None:
@@ -72,7 +66,7 @@ async def test_the_api_answers_507_json_and_stores_nothing(
 
 
 async def test_a_worker_waits_for_memory_instead_of_crashing(full_store: Store) -> None:
-    task = await full_store.create_task(upload())
+    task = await full_store.create_task(upload(make_image("PNG", size=64), real=True))
     await fill(full_store)
     stop = asyncio.Event()
     worker = asyncio.create_task(Worker(full_store, full_store.settings).run(stop))

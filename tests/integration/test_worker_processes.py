@@ -7,7 +7,7 @@ import io
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import attrs
@@ -58,8 +58,10 @@ def procs(real_settings: Settings, tmp_path: Path) -> Iterator[Processes]:
 
 
 @pytest.fixture
-async def store(procs: Processes) -> Store:
-    return Store(client_for(procs.settings.redis_url), procs.settings)
+async def store(procs: Processes) -> AsyncIterator[Store]:
+    opened = Store(client_for(procs.settings.redis_url), procs.settings)
+    yield opened
+    await opened.close()
 
 
 async def submit(store: Store, data: bytes | None = None) -> str:

@@ -4,26 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
 
 import attrs
 import pytest
 
-from resizer.models import Claim, ImageInfo, ImageSize, TaskStatus, Upload
+from resizer.models import Claim, ImageSize, TaskStatus
 from resizer.store import Store
 from resizer.store.keys import partition
+from tests.helpers import INFO, upload
 
 P0 = partition(0)
 WAITING, PROCESSING, LEASES = P0.waiting, P0.processing, P0.leases
 task_key, blob_key, content_key = P0.task, P0.blob, P0.content
 
-INFO = ImageInfo(format="png", width=100, height=100)
 IMAGES = {64: base64.b64encode(b"sixty-four"), 32: base64.b64encode(b"thirty-two")}
-
-
-def upload(data: bytes | None = None) -> Upload:
-    """An upload of ``data`` (by default unique bytes, so no two tasks share content)."""
-    return Upload.of(INFO, os.urandom(16) if data is None else data)
 
 
 async def expire_lease(store: Store, task_id: str) -> None:
