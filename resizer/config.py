@@ -12,13 +12,13 @@ from resizer.budget import DEFAULT_MAX_DECODE_BYTES
 MiB = 1024 * 1024
 
 
-def _positive_int(name: str, value: str) -> int:
+def _positive_int(name: str, value: str, minimum: int = 1) -> int:
     try:
         number = int(value)
     except ValueError:
         raise ValueError(f"{name} must be an integer, got {value!r}") from None
-    if number <= 0:
-        raise ValueError(f"{name} must be positive, got {number}")
+    if number < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {number}")
     return number
 
 
@@ -33,6 +33,10 @@ class Settings:
     max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES
     failed_ttl_seconds: int = 3600
     partitions: int = 1
+    min_replicas: int = 0
+    original_ttl_seconds: int = attrs.field(
+        default=attrs.Factory(lambda self: self.ttl_seconds, takes_self=True)
+    )
     api_token: str | None = attrs.field(default=None, repr=False)
     body_timeout_seconds: float = 30.0
 
@@ -64,7 +68,7 @@ class Settings:
             values["api_token"] = env["RESIZER_API_TOKEN"]
         for field, name in _INT_ENV.items():
             if name in env:
-                values[field] = _positive_int(name, env[name])
+                values[field] = _positive_int(name, env[name], 0 if field in _ZERO_OK else 1)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
 
@@ -78,4 +82,7 @@ _INT_ENV = {
     "max_decode_bytes": "RESIZER_MAX_DECODE_BYTES",
     "failed_ttl_seconds": "RESIZER_FAILED_TTL_SECONDS",
     "partitions": "RESIZER_PARTITIONS",
+    "min_replicas": "RESIZER_MIN_REPLICAS",
+    "original_ttl_seconds": "RESIZER_ORIGINAL_TTL_SECONDS",
 }
+_ZERO_OK = {"min_replicas"}

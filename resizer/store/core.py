@@ -37,15 +37,14 @@ name from the partition's tag, passed in ARGV: it hashes to the same slot as the
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import secrets
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-import redis.asyncio as aioredis
 import redis.exceptions
 import structlog
 
@@ -64,7 +63,7 @@ from resizer.models import (
 )
 from resizer.store import keys
 from resizer.store.completions import Signal
-from resizer.store.connection import client_for
+from resizer.store.connection import Client, client_for, confirm_replicated, every_primary
 from resizer.store.keys import Partition
 from resizer.store.scripts import Script
 
@@ -72,11 +71,17 @@ log = structlog.get_logger("resizer.store")
 
 _LEADER_FIELDS = ("status", "updated_at", "error", "result_format")
 
+RESCAN_SECONDS = 15.0
+"""How often an idle worker looks into every partition although no message said there was
+work: a wake-up can be lost without the subscription dropping (a cluster bus link that breaks).
+The bound on how long such a task waits; an idle worker's cost is one LMOVE per partition each
+time."""
+
 
 class Store:
     """Typed operations on Redis. One instance per process; safe to share between tasks."""
 
-    def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
+    def __init__(self, client: Client, settings: Settings) -> None:
         self.redis = client
         self.settings = settings
         self.partitions = [keys.partition(i) for i in range(settings.partitions)]
@@ -101,12 +106,34 @@ class Store:
             self._delete,
         ]
         self._next_partition = itertools.cycle(range(len(self.partitions)))
+        self._by_tag = {part.tag: part.index for part in self.partitions}
         self._work: Signal | None = None
+        # Partitions that may hold waiting ids, as far as this process knows (``take``).
+        self._dirty = set(range(len(self.partitions)))
+        self._rescan_at = 0.0
 
     @property
     def finished_channels(self) -> list[str]:
         """The channels that announce finished tasks, one per partition."""
         return [part.finished for part in self.partitions]
+
+    @property
+    def _wake_channel(self) -> str:
+        # One partition needs no wake-up: workers block on its list.
+        return keys.WORK_CHANNEL if len(self.partitions) > 1 else ""
+
+    @property
+    def _original_ttl_ms(self) -> int:
+        return min(self.settings.original_ttl_seconds, self.settings.ttl_seconds) * 1000
+
+    async def _replicated(self, part: Partition) -> None:
+        """With ``RESIZER_MIN_REPLICAS``, wait until that many replicas hold what was just
+        written to ``part`` (else ``NotReplicated``: the caller retries, the write is safe to
+        repeat)."""
+        if self.settings.min_replicas > 0:
+            await confirm_replicated(
+                self.redis, part.stats, "replica_waits", self.settings.min_replicas
+            )
 
     def _of_id(self, task_id: str) -> Partition | None:
         index = keys.partition_of_id(task_id)
@@ -142,9 +169,11 @@ class Store:
                 upload.data,
                 upload.digest,
                 part.tag,
-                keys.WORK_CHANNEL if len(self.partitions) > 1 else "",
+                self._wake_channel,
+                self._original_ttl_ms,
             ],
         )
+        await self._replicated(part)
         # Only `create` turns a task DONE without a worker: when these bytes were resized before.
         status = TaskStatus.DONE if _text(outcome) == "done" else TaskStatus.WAITING
         created = _ms_to_datetime(created_ms)
@@ -232,24 +261,46 @@ class Store:
 
     async def _take_from_any(self, timeout: float) -> str | None:
         # One blocking pop cannot watch several partitions (BLMOVE takes one source), so idle
-        # workers wait on a pub/sub signal that `create` sends, then look in every partition,
-        # starting from a different one each time so none starves.
+        # workers wait on a pub/sub signal: `create` (and every re-queue) publishes the
+        # partition it queued into. This process keeps the set of partitions that may hold
+        # work: a message adds its partition, an LMOVE that finds nothing removes it. A take
+        # looks at them from a different first partition each time, so none starves.
         if self._work is None:
             self._work = Signal(self.redis, keys.WORK_CHANNEL)
             await self._work.start()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = time.monotonic() + timeout
+        start = next(self._next_partition)
+        count = len(self.partitions)
         while True:
-            self._work.clear()
-            start = next(self._next_partition)
-            for offset in range(len(self.partitions)):
-                part = self.partitions[(start + offset) % len(self.partitions)]
+            self._note_signals()
+            for index in sorted(self._dirty, key=lambda i: (i - start) % count):
+                part = self.partitions[index]
                 moved = await self.redis.lmove(part.waiting, part.processing, "RIGHT", "LEFT")
                 if moved is not None:
                     return _text(moved)
-            left = deadline - loop.time()
-            if left <= 0 or not await self._work.wait(left):
+                self._dirty.discard(index)
+                # A message read while that LMOVE was in flight may be about a task queued
+                # after it ran: its partition is noted again, not lost.
+                self._note_signals()
+            if self._dirty:
+                continue
+            left = min(deadline, self._rescan_at) - time.monotonic()
+            if left > 0 and await self._work.wait(left):
+                continue
+            if time.monotonic() >= deadline:
                 return None
+
+    def _note_signals(self) -> None:
+        """Add the partitions named by the messages read since last time (all of them after a
+        dropped subscription, or when the safety re-scan is due) to the ones to look into."""
+        assert self._work is not None
+        tags, gap = self._work.drain()
+        now = time.monotonic()
+        if gap or now >= self._rescan_at:
+            self._dirty.update(range(len(self.partitions)))
+            self._rescan_at = now + RESCAN_SECONDS
+        else:
+            self._dirty.update(self._by_tag[t] for t in tags if t in self._by_tag)
 
     async def claim(self, task_id: str, worker: str, token: str | None = None) -> Claim | None:
         """Turn a taken id into a leased claim: IN_PROGRESS, attempt counted, token issued.
@@ -309,6 +360,7 @@ class Store:
                 part.stats,
                 part.durations,
                 part.finished,
+                part.blob(claim.digest),
             ],
             args=[
                 claim.task_id,
@@ -316,9 +368,12 @@ class Store:
                 result_format,
                 bucket,
                 repr(seconds),
+                self._original_ttl_ms,
                 *(item for s in sizes for item in (str(s), images[s])),
             ],
         )
+        if done:
+            await self._replicated(part)
         return bool(done)
 
     async def fail(self, claim: Claim, reason: str) -> bool:
@@ -353,6 +408,8 @@ class Store:
                 int(fatal),
                 self.settings.max_attempts,
                 self.settings.failed_ttl_seconds * 1000,
+                self._wake_channel,
+                part.tag,
             ],
         )
         return _text(outcome)
@@ -397,6 +454,7 @@ class Store:
                             self.settings.max_attempts,
                             self.settings.failed_ttl_seconds * 1000,
                             part.tag,
+                            self._wake_channel,
                         ],
                     )
                 )
@@ -447,16 +505,17 @@ class Store:
         configuration (some managed services refuse CONFIG GET).
         """
         try:
-            config = await self.redis.config_get("maxmemory-policy")
+            configs = await every_primary(self.redis, "CONFIG GET", "maxmemory-policy")
         except redis.exceptions.ResponseError as exc:
             log.warning("redis.policy_unchecked", error=str(exc), setting="maxmemory-policy")
             return
-        policy = _text(next(iter(config.values()), None) or b"noeviction")
-        if policy != "noeviction":
-            raise EvictingRedis(
-                f"Redis has maxmemory-policy {policy}: under memory pressure it would drop queued "
-                "tasks; set maxmemory-policy noeviction"
-            )
+        for config in configs:  # one per primary: on a cluster, each one holds tasks
+            policy = _text(next(iter(config.values()), None) or b"noeviction")
+            if policy != "noeviction":
+                raise EvictingRedis(
+                    f"Redis has maxmemory-policy {policy}: under memory pressure it would drop "
+                    "queued tasks; set maxmemory-policy noeviction"
+                )
 
     async def close(self) -> None:
         if self._work is not None:
