@@ -37,7 +37,6 @@ name from the partition's tag, passed in ARGV: it hashes to the same slot as the
 
 from __future__ import annotations
 
-import itertools
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -94,6 +93,7 @@ class Store:
         self._recover = Script(client, "recover")
         self._adopt = Script(client, "adopt")
         self._delete = Script(client, "delete")
+        self._announce = Script(client, "announce")
         self._scripts = [
             self._create,
             self._claim,
@@ -104,13 +104,14 @@ class Store:
             self._recover,
             self._adopt,
             self._delete,
+            self._announce,
         ]
-        self._next_partition = itertools.cycle(range(len(self.partitions)))
-        self._by_tag = {part.tag: part.index for part in self.partitions}
+        self._turn = 0
         self._work: Signal | None = None
         # Partitions that may hold waiting ids, as far as this process knows (``take``).
         self._dirty = set(range(len(self.partitions)))
         self._rescan_at = 0.0
+        self._announce_at = 0.0
 
     @property
     def finished_channels(self) -> list[str]:
@@ -121,6 +122,19 @@ class Store:
     def _wake_channel(self) -> str:
         # One partition needs no wake-up: workers block on its list.
         return keys.WORK_CHANNEL if len(self.partitions) > 1 else ""
+
+    async def _serve_announced(self) -> None:
+        """Announce this process's partition count, and serve the highest any process announced:
+        a worker started with fewer partitions than the web still takes (and recovers) every
+        task."""
+        known = int(await self._announce(keys=[keys.PARTITIONS], args=[self.settings.partitions]))
+        self._serve(known)
+        self._announce_at = time.monotonic() + RESCAN_SECONDS
+
+    def _serve(self, count: int) -> None:
+        for index in range(len(self.partitions), min(count, keys.MAX_PARTITIONS)):
+            self.partitions.append(keys.partition(index))
+            self._dirty.add(index)
 
     @property
     def _original_ttl_ms(self) -> int:
@@ -140,7 +154,8 @@ class Store:
         return None if index is None else keys.partition(index)
 
     def _of_digest(self, digest: str) -> Partition:
-        return self.partitions[keys.partition_of_digest(digest, len(self.partitions))]
+        # Placement follows this process's own setting, never what it learnt it must serve.
+        return self.partitions[keys.partition_of_digest(digest, self.settings.partitions)]
 
     # --- tasks ----------------------------------------------------------------------------------
 
@@ -150,6 +165,8 @@ class Store:
         A task for bytes that were already resized is DONE at once; one for bytes being
         resized right now joins that work. Creating the same ``task_id`` again changes nothing.
         """
+        if time.monotonic() >= self._announce_at:
+            await self._serve_announced()
         part = self._of_digest(upload.digest)
         task_id = task_id or keys.new_task_id(part.index)
         created_ms, outcome = await self._create(
@@ -247,6 +264,8 @@ class Store:
 
     async def take(self, timeout: float) -> str | None:
         """Block until a task id can be moved from ``waiting`` to ``processing`` (or time out)."""
+        if time.monotonic() >= self._announce_at:
+            await self._serve_announced()
         if len(self.partitions) == 1:
             part = self.partitions[0]
             moved = await self.redis.blmove(
@@ -269,10 +288,11 @@ class Store:
             self._work = Signal(self.redis, keys.WORK_CHANNEL)
             await self._work.start()
         deadline = time.monotonic() + timeout
-        start = next(self._next_partition)
-        count = len(self.partitions)
+        self._turn += 1
         while True:
             self._note_signals()
+            count = len(self.partitions)
+            start = self._turn % count
             for index in sorted(self._dirty, key=lambda i: (i - start) % count):
                 part = self.partitions[index]
                 moved = await self.redis.lmove(part.waiting, part.processing, "RIGHT", "LEFT")
@@ -300,7 +320,10 @@ class Store:
             self._dirty.update(range(len(self.partitions)))
             self._rescan_at = now + RESCAN_SECONDS
         else:
-            self._dirty.update(self._by_tag[t] for t in tags if t in self._by_tag)
+            found = [i for i in map(keys.partition_of_tag, tags) if i is not None]
+            if found:
+                self._serve(max(found) + 1)
+            self._dirty.update(found)
 
     async def claim(self, task_id: str, worker: str, token: str | None = None) -> Claim | None:
         """Turn a taken id into a leased claim: IN_PROGRESS, attempt counted, token issued.
@@ -418,6 +441,7 @@ class Store:
         """One recovery pass over every partition: adopt unleased ids, then re-queue or FAIL
         every expired lease."""
         report = RecoveryReport()
+        await self._serve_announced()
         for part in self.partitions:
             await self._recover_partition(part, batch, report)
         return report
@@ -473,6 +497,7 @@ class Store:
         counters: dict[str, int] = {}
         durations: dict[str, float] = {}
         waiting = in_flight = 0
+        await self._serve_announced()
         for part in self.partitions:
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.hgetall(part.stats)

@@ -27,8 +27,10 @@ key (``{T}`` is the partition tag)  type    what
 ``{T}:failures``                    list    the latest failures: ``id<TAB>ms<TAB>error``
 ``{T}:finished``                    pubsub  the id of every queued task that became DONE or
                                             FAILED (tasks that joined it finish with it)
-``resizer:work``                    pubsub  the partition of every task queued (wakes idle
-                                            workers when there is more than one partition)
+``resizer:work``                    pubsub  the tag of the partition of every task queued
+                                            (wakes idle workers when there is more than one)
+``resizer:partitions``              string  the highest partition count tasks were created
+                                            with: workers and recovery serve that many
 ``resizer:workers``                 zset    worker name -> last heartbeat (ms)
 ``resizer:worker:<name>``           hash    what that worker is doing (expires unless renewed)
 ==================================  ======  =====================================================
@@ -52,6 +54,7 @@ MAX_PARTITIONS: Final = 256
 """Partitions are numbered in two hex digits of the task id."""
 
 WORK_CHANNEL: Final = f"{NAMESPACE}:work"
+PARTITIONS: Final = f"{NAMESPACE}:partitions"
 WORKERS: Final = f"{NAMESPACE}:workers"
 
 
@@ -133,6 +136,17 @@ def partition(index: int) -> Partition:
 def _van_der_corput(index: int) -> int:
     """``index``'s 8 bits reversed: 1 -> 128, 2 -> 64, 3 -> 192, ..."""
     return int(f"{index:08b}"[::-1], 2)
+
+
+def partition_of_tag(tag: str) -> int | None:
+    """The partition a tag names (``{resizer}`` is 0, ``{resizer:I:S}`` is I), or None."""
+    if tag == partition(0).tag:
+        return 0
+    parts = tag.strip("{}").split(":")
+    if len(parts) != 3 or parts[0] != NAMESPACE or not parts[1].isdigit():
+        return None
+    index = int(parts[1])
+    return index if 0 < index < MAX_PARTITIONS and partition(index).tag == tag else None
 
 
 def partition_of_digest(digest: str, partitions: int) -> int:

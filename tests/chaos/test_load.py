@@ -39,7 +39,12 @@ def key_names(client: redis.Redis) -> list[str]:
 def per_task_keys(client: redis.Redis) -> list[str]:
     """Keys that exist because of some task. What may stay: the three shared queue keys and the
     service's own counters (a handful of keys, whatever the number of tasks)."""
-    shared = ("{resizer}:waiting", "{resizer}:processing", "{resizer}:leases")
+    shared = (
+        "{resizer}:waiting",
+        "{resizer}:processing",
+        "{resizer}:leases",
+        "resizer:partitions",
+    )
     return [k for k in key_names(client) if k not in shared and not k.startswith("{resizer}:stats")]
 
 

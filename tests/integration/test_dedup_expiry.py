@@ -20,6 +20,7 @@ def upload(data: bytes) -> Upload:
     return Upload.of(ImageInfo(format="png", width=100, height=100), data)
 
 
+@pytest.mark.topologies("single", "cluster")
 async def test_tasks_that_joined_a_waiting_task_outlast_its_own_ttl_and_finish(
     real_settings: Settings,
 ) -> None:
