@@ -154,6 +154,10 @@ class _GatedCluster(RedisCluster):
         self._wait_timeout = wait_timeout
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        if self._initialize:
+            # Learn the topology before any command opens a connection: commands that open
+            # connections while redis-py initializes lose some of them (AttributeError).
+            await self.initialize()
         try:
             async with asyncio.timeout(self._wait_timeout):
                 await self._gate.acquire()
