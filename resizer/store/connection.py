@@ -165,8 +165,31 @@ class _GatedCluster(RedisCluster):
             raise redis.exceptions.ConnectionError("no free Redis connection in time") from None
         try:
             return await super().execute_command(*args, **kwargs)
+        except (AttributeError, TypeError) as exc:
+            raise _as_connection_error(exc) from exc
         finally:
             self._gate.release()
+
+
+def _as_connection_error(exc: Exception) -> Exception:
+    """redis-py's asyncio connections, torn down under a command when a node dies (or resets
+    the socket), fail with AttributeError or TypeError from the transport instead of
+    ConnectionError (redis-py issue #4287): such an error is the lost connection it is. Any
+    other AttributeError or TypeError is a bug and stays itself."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = "" if tb is None else tb.tb_frame.f_code.co_filename.replace("\\", "/")
+    if where.endswith(_TRANSPORT_FILES):
+        return redis.exceptions.ConnectionError(f"connection lost: {exc}")
+    return exc
+
+
+_TRANSPORT_FILES: Final = (
+    "redis/asyncio/connection.py",
+    "asyncio/streams.py",
+    "asyncio/selector_events.py",
+)
 
 
 def _cluster(url: str, socket_timeout: float) -> RedisCluster:
@@ -280,6 +303,8 @@ async def confirm_replicated(client: Client, key: str, counter: str, replicas: i
     except redis.exceptions.ResponseError as exc:
         # A node that became a replica meanwhile refuses WAIT: the write's fate is unknown.
         raise NotReplicated(f"WAIT failed: {exc}") from exc
+    except (AttributeError, TypeError) as exc:
+        raise _as_connection_error(exc) from exc
     if int(reached) < replicas:
         raise NotReplicated(
             f"{reached} of RESIZER_MIN_REPLICAS={replicas} replicas confirmed the write "

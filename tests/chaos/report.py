@@ -18,6 +18,10 @@ SCENARIOS = (
     "Graceful shutdown",
     "Load",
     "Memory pressure",
+    "Cluster primary killed",
+    "Sentinel primary killed",
+    "Cost per task",
+    "Idle workers",
 )
 
 
