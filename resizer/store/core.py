@@ -70,11 +70,11 @@ log = structlog.get_logger("resizer.store")
 
 _LEADER_FIELDS = ("status", "updated_at", "error", "result_format")
 
-RESCAN_SECONDS = 15.0
+RESCAN_SECONDS = 60.0
 """How often an idle worker looks into every partition although no message said there was
 work: a wake-up can be lost without the subscription dropping (a cluster bus link that breaks).
-The bound on how long such a task waits; an idle worker's cost is one LMOVE per partition each
-time."""
+Workers' recovery passes (every half lease) also note the partitions where ids wait, so this is
+only the bound when they do not run; each re-scan costs one LMOVE per partition."""
 
 
 class Store:
@@ -448,18 +448,21 @@ class Store:
 
     async def _recover_partition(self, part: Partition, batch: int, report: RecoveryReport) -> None:
         lease_ms = self.settings.lease_seconds * 1000
-        # `processing` holds one id per busy worker at most: reading it whole is cheap.
-        for raw in await self.redis.lrange(part.processing, 0, -1):
+        expired, unleased, waiting = await self._expired(
+            keys=[part.leases, part.processing, part.waiting], args=[batch]
+        )
+        if int(waiting) > 0:
+            # The pass doubles as this process's safety re-scan (``take``): ids wait here.
+            self._dirty.add(part.index)
+        for raw in unleased:
             task_id = _text(raw)
-            if await self.redis.zscore(part.leases, task_id) is None:
-                outcome = await self._adopt(
-                    keys=[part.task(task_id), part.processing, part.leases],
-                    args=[task_id, lease_ms],
-                )
-                if outcome == b"adopted":
-                    report.adopted.append(task_id)
+            outcome = await self._adopt(
+                keys=[part.task(task_id), part.processing, part.leases],
+                args=[task_id, lease_ms],
+            )
+            if outcome == b"adopted":
+                report.adopted.append(task_id)
         while True:
-            expired: list[bytes] = await self._expired(keys=[part.leases], args=[batch])
             for raw in expired:
                 task_id = _text(raw)
                 outcome = _text(
@@ -488,6 +491,9 @@ class Store:
                     report.failed.append(task_id)
             if len(expired) < batch:
                 return
+            expired, _, _ = await self._expired(
+                keys=[part.leases, part.processing, part.waiting], args=[batch]
+            )
 
     # --- introspection --------------------------------------------------------------------------
 

@@ -292,6 +292,9 @@ class Api:
     async def status(self, task_id: str) -> tuple[int, dict[str, Any]]:
         return await self._call("GET", f"/tasks/{task_id}", self.get_ms)
 
+    async def get(self, path: str) -> tuple[int, dict[str, Any]]:
+        return await self._call("GET", path, self.get_ms)
+
     async def _call(
         self, method: str, path: str, latencies: list[float], **kwargs: Any
     ) -> tuple[int, dict[str, Any]]:
