@@ -166,23 +166,23 @@ class _GatedCluster(RedisCluster):
         try:
             return await super().execute_command(*args, **kwargs)
         except (AttributeError, TypeError) as exc:
-            raise _as_connection_error(exc) from exc
+            if _torn_down(exc):
+                raise redis.exceptions.ConnectionError(f"connection lost: {exc}") from exc
+            raise
         finally:
             self._gate.release()
 
 
-def _as_connection_error(exc: Exception) -> Exception:
-    """redis-py's asyncio connections, torn down under a command when a node dies (or resets
-    the socket), fail with AttributeError or TypeError from the transport instead of
-    ConnectionError (redis-py issue #4287): such an error is the lost connection it is. Any
-    other AttributeError or TypeError is a bug and stays itself."""
+def _torn_down(exc: Exception) -> bool:
+    """Whether ``exc`` is a connection torn down under a command (a node died, or reset the
+    socket): redis-py's asyncio connections then fail with AttributeError or TypeError from the
+    transport instead of ConnectionError (redis-py issue #4287). Any other AttributeError or
+    TypeError is a bug and stays itself."""
     tb = exc.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
     where = "" if tb is None else tb.tb_frame.f_code.co_filename.replace("\\", "/")
-    if where.endswith(_TRANSPORT_FILES):
-        return redis.exceptions.ConnectionError(f"connection lost: {exc}")
-    return exc
+    return where.endswith(_TRANSPORT_FILES)
 
 
 _TRANSPORT_FILES: Final = (
@@ -304,7 +304,9 @@ async def confirm_replicated(client: Client, key: str, counter: str, replicas: i
         # A node that became a replica meanwhile refuses WAIT: the write's fate is unknown.
         raise NotReplicated(f"WAIT failed: {exc}") from exc
     except (AttributeError, TypeError) as exc:
-        raise _as_connection_error(exc) from exc
+        if _torn_down(exc):
+            raise redis.exceptions.ConnectionError(f"connection lost: {exc}") from exc
+        raise
     if int(reached) < replicas:
         raise NotReplicated(
             f"{reached} of RESIZER_MIN_REPLICAS={replicas} replicas confirmed the write "

@@ -227,10 +227,19 @@ async def wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> int:
 
 
 def statuses(client: redis.Redis, ids: list[str]) -> list[str | None]:
+    """As the API shows them: a task that joined another has that one's status."""
     pipe = client.pipeline(transaction=False)
     for task_id in ids:
-        pipe.hget(task_key(task_id), "status")
-    return [None if s is None else s.decode() for s in pipe.execute()]
+        pipe.hmget(task_key(task_id), "status", "leader")
+    found = [
+        (None if s is None else s.decode(), None if lead is None else lead.decode())
+        for s, lead in pipe.execute()
+    ]
+    for n, (status, leader) in enumerate(found):
+        if leader is not None and status not in FINISHED:
+            led = client.hget(task_key(leader), "status")
+            found[n] = (led.decode() if isinstance(led, bytes) else status, leader)
+    return [status for status, _ in found]
 
 
 def task_hashes(client: redis.Redis) -> set[str]:
@@ -499,6 +508,16 @@ async def audit(client: redis.Redis, ids: list[str], base: str) -> Audit:
         task_id: {k.decode(): v.decode() for k, v in fields.items()}
         for task_id, fields in zip(ids, hashes, strict=True)
     }
+    # A task that joined another (the same bytes in flight) keeps WAITING in its own record and
+    # reads its status (and error) from the task it joined, as the API shows it.
+    for record in tasks.values():
+        leader = record.get("leader")
+        if leader is not None and record.get("status") not in FINISHED:
+            fields = ("status", "updated_at", "error", "result_format")
+            values = client.hmget(task_key(leader), fields)
+            record.update(
+                {f: v.decode() for f, v in zip(fields, values, strict=True) if isinstance(v, bytes)}
+            )
     status = Counter(t.get("status", "MISSING") for t in tasks.values())
     lost = sum(n for s, n in status.items() if s not in FINISHED)
     attempts = Counter(int(t.get("attempts", 0)) for t in tasks.values())

@@ -44,6 +44,8 @@ def per_task_keys(client: redis.Redis) -> list[str]:
         "{resizer}:processing",
         "{resizer}:leases",
         "resizer:partitions",
+        "{resizer}:durations",
+        "{resizer}:failures",
     )
     return [k for k in key_names(client) if k not in shared and not k.startswith("{resizer}:stats")]
 

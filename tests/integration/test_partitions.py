@@ -17,6 +17,7 @@ import redis
 
 from resizer import header
 from resizer.config import Settings
+from resizer.errors import EvictingRedis
 from resizer.models import ImageInfo, Task, TaskStatus, Upload
 from resizer.processes import resizer_command
 from resizer.store import Store, client_for
@@ -188,3 +189,21 @@ async def test_sixteen_partitions_spread_tasks_and_memory_over_three_primaries(
     assert sum(tasks) == 3000
     for share in task_share + memory_share:
         assert 33.3 - 8 <= share <= 33.3 + 8, (task_share, memory_share)
+
+
+@pytest.mark.topologies("cluster")
+async def test_every_primary_is_checked_for_eviction(
+    real_settings: Settings, redis_cluster: LocalCluster
+) -> None:
+    """One primary of three that may evict keys is enough to refuse the cluster."""
+    last = redis_cluster.live_primaries()[-1]
+    store = Store(client_for(real_settings.redis_url), real_settings)
+    admin = redis_cluster.client(last)
+    try:
+        await store.check_memory_policy()
+        admin.config_set("maxmemory-policy", "allkeys-lru")
+        with pytest.raises(EvictingRedis, match="allkeys-lru"):
+            await store.check_memory_policy()
+    finally:
+        admin.config_set("maxmemory-policy", "noeviction")
+        await store.close()
