@@ -12,7 +12,12 @@ State machine
 
 Every arrow is one Lua script (``lua/*.lua``), so atomic: Redis runs a script to completion
 before any other command. The first half of a claim is the ``BLMOVE`` that blocks until work
-arrives; the claim script then leases the task and hands back its original.
+arrives (with several partitions, an ``LMOVE`` once a message says where); the claim script then
+leases the task and hands back its original.
+
+With ``RESIZER_MIN_REPLICAS``, ``create_task`` and ``complete`` return only once that many
+replicas hold what they wrote: a failover cannot take back a task the API acknowledged, nor a
+result the worker counted.
 
 Every script is safe to run twice: redis-py sends a command again when its reply was lost (a
 socket timeout), so each script recognises its own repeat (the task id for ``create``, the

@@ -22,7 +22,8 @@ key (``{T}`` is the partition tag)  type    what
 ``{T}:waiting``                     list    ids waiting; LPUSH in, (B)LMOVE out from the right
 ``{T}:processing``                  list    ids a worker has taken (the reliable-queue list)
 ``{T}:leases``                      zset    id -> lease deadline, ms on the Redis clock
-``{T}:stats``                       hash    counters kept by the scripts (created, done, ...)
+``{T}:stats``                       hash    counters kept by the scripts (created, done, ...);
+                                            ``replica_waits``: writes followed by a WAIT
 ``{T}:durations``                   hash    processing-time histogram: count per bucket, sum
 ``{T}:failures``                    list    the latest failures: ``id<TAB>ms<TAB>error``
 ``{T}:finished``                    pubsub  the id of every queued task that became DONE or
