@@ -39,14 +39,15 @@ lint: venv lint-deploy ## ruff check, ruff format --check, mypy --strict, the im
 	$(RUN) mypy
 	$(RUN) lint-imports
 
-# Offline checks of the deployment files (no Docker engine or cluster needed): docker-compose.yml
-# against the Compose Specification schema, the Dockerfile with hadolint, the Kubernetes
+# Offline checks of the deployment files (no Docker engine or cluster needed): the Compose files
+# (docker-compose.yml, and docker-compose.cluster.yml on top of it) against the Compose
+# Specification schema, the Dockerfile with hadolint, the Kubernetes
 # manifests against the Kubernetes schemas (strict: unknown fields fail), and, where kubectl
 # exists, the kustomize rendering of deploy/k8s too.
 K8S_MANIFESTS := $(filter-out %/kustomization.yaml,$(wildcard deploy/k8s/*.yaml deploy/k8s/*/*.yaml))
 
-lint-deploy: venv ## offline checks of Dockerfile, docker-compose.yml and deploy/k8s
-	$(RUN) check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
+lint-deploy: venv ## offline checks of Dockerfile, the Compose files and deploy/k8s
+	$(RUN) check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml docker-compose.cluster.yml
 	$(RUN) hadolint --failure-threshold style Dockerfile
 	$(RUN) kubernetes-validate --strict --quiet $(K8S_MANIFESTS)
 	@if command -v kubectl >/dev/null 2>&1; then \

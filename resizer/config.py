@@ -26,7 +26,15 @@ from resizer.budget import DEFAULT_MAX_DECODE_BYTES
 
 MiB = 1024 * 1024
 DEFAULT_URL = "http://127.0.0.1:8080"
-REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "redis+sentinel")
+REDIS_SCHEMES = (
+    "redis",
+    "rediss",
+    "unix",
+    "redis+cluster",
+    "rediss+cluster",
+    "redis+sentinel",
+    "rediss+sentinel",
+)
 
 S = TypeVar("S")
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 
+import attrs
 import fakeredis
 import pytest
 import redis
@@ -9,6 +10,33 @@ import redis
 from resizer.config import Settings
 from resizer.embedded import RedisServer
 from resizer.store import Store, client_for
+from tests.topologies import LocalCluster, LocalSentinel
+
+CLUSTER_PARTITIONS = 16
+"""Partitions the tests use on the cluster: spread over its three primaries."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "topologies(*names): run the test against each Redis named: single, cluster, sentinel "
+        "(default: single)",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marker = metafunc.definition.get_closest_marker("topologies")
+    if marker is not None and "topology" in metafunc.fixturenames:
+        metafunc.parametrize("topology", marker.args, indirect=True)
+
+
+@attrs.frozen
+class Topology:
+    """The Redis a test runs against, emptied, and the partitions to use on it."""
+
+    name: str
+    url: str
+    partitions: int = 1
 
 
 @pytest.fixture
@@ -33,22 +61,60 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A real Redis Cluster for the whole run: 3 primaries, a replica each, own ports and dirs."""
+    cluster = LocalCluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSentinel]:
+    """A primary, its replica and three sentinels, for the whole run."""
+    setup = LocalSentinel(tmp_path_factory.mktemp("sentinel"))
+    try:
+        yield setup.start()
+    finally:
+        setup.stop()
+
+
 @pytest.fixture
-def redis_url(redis_server: RedisServer) -> str:
-    """The real server, emptied before each test."""
-    client = redis.Redis.from_url(redis_server.url)
+def topology(request: pytest.FixtureRequest) -> Topology:
+    """The Redis of the test (``single`` unless marked ``topologies``), emptied before it."""
+    name = getattr(request, "param", "single")
+    if name == "cluster":
+        cluster: LocalCluster = request.getfixturevalue("redis_cluster")
+        cluster.flush()
+        return Topology(name, cluster.url, CLUSTER_PARTITIONS)
+    if name == "sentinel":
+        sentinel: LocalSentinel = request.getfixturevalue("redis_sentinel")
+        sentinel.flush()
+        return Topology(name, sentinel.url)
+    assert name == "single", name
+    server: RedisServer = request.getfixturevalue("redis_server")
+    client = redis.Redis.from_url(server.url)
     client.flushall()
     client.close()
-    return redis_server.url
+    return Topology(name, server.url)
 
 
 @pytest.fixture
-def real_settings(redis_url: str, settings: Settings) -> Settings:
+def redis_url(topology: Topology) -> str:
+    """The real Redis of the test, emptied before it."""
+    return topology.url
+
+
+@pytest.fixture
+def real_settings(redis_url: str, settings: Settings, topology: Topology) -> Settings:
     return Settings(
         redis_url=redis_url,
         lease_seconds=settings.lease_seconds,
         max_attempts=settings.max_attempts,
         ttl_seconds=settings.ttl_seconds,
+        partitions=topology.partitions,
     )
 
 

@@ -4,7 +4,8 @@
 - ``lua/``: one script per state change, ``lua/includes/`` the functions they share;
 - ``core``: ``Store``, the one Python face of Redis (tasks, the reliable queue, statistics);
 - ``completions``: the pub/sub fan-in that wakes long-polls and idle workers;
-- ``connection``: clients, and what Redis's errors mean to the service.
+- ``connection``: clients for one Redis, a Sentinel-watched one or a Redis Cluster (from
+  ``REDIS_URL``), and what Redis's errors mean to the service.
 """
 
 from resizer.store.completions import Completions

@@ -10,27 +10,29 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 
-import redis.asyncio as aioredis
-
 from resizer.backoff import Backoff
-from resizer.store.connection import REDIS_DOWN
+from resizer.store.connection import REDIS_DOWN, Client
 
 
 class _Listener:
     """Keeps one subscription to ``channels`` alive, handing every message to ``on_message``;
-    calls ``on_gap`` whenever messages may have been missed (a dropped subscription)."""
+    calls ``on_gap`` whenever messages may have been missed (a dropped subscription), and
+    ``on_subscribed`` once each subscription is in place (what was published before it was
+    missed too)."""
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: Client,
         channels: Sequence[str],
         on_message: Callable[[str], None],
         on_gap: Callable[[], None],
+        on_subscribed: Callable[[], None] = lambda: None,
     ) -> None:
         self._client = client
         self._channels = list(channels)
         self._on_message = on_message
         self._on_gap = on_gap
+        self._on_subscribed = on_subscribed
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self.subscribed = asyncio.Event()
@@ -53,6 +55,7 @@ class _Listener:
             try:
                 await pubsub.subscribe(*self._channels)
                 self.subscribed.set()
+                self._on_subscribed()
                 backoff.reset()
                 while not self._stopping:
                     # A local wait on the socket (no command is sent): it only bounds how long
@@ -78,7 +81,7 @@ class Completions:
     finish by more than its own timeout.
     """
 
-    def __init__(self, client: aioredis.Redis, channels: Sequence[str]) -> None:
+    def __init__(self, client: Client, channels: Sequence[str]) -> None:
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._listener = _Listener(client, channels, self._wake, self._wake_all)
 
@@ -121,11 +124,16 @@ class Completions:
 
 
 class Signal:
-    """An event set by every message on one channel (or a dropped subscription)."""
+    """Collects what is published on one channel: the messages since the last ``drain``, and
+    whether some may have been missed (a dropped subscription). ``wait`` wakes on either."""
 
-    def __init__(self, client: aioredis.Redis, channel: str) -> None:
+    def __init__(self, client: Client, channel: str) -> None:
         self._event = asyncio.Event()
-        self._listener = _Listener(client, [channel], lambda _: self._event.set(), self._event.set)
+        self._messages: set[str] = set()
+        self._gap = False
+        self._listener = _Listener(
+            client, [channel], self._on_message, self._on_gap, on_subscribed=self._on_gap
+        )
 
     async def start(self) -> None:
         await self._listener.start()
@@ -133,11 +141,23 @@ class Signal:
     async def stop(self) -> None:
         await self._listener.stop()
 
-    def clear(self) -> None:
+    def _on_message(self, message: str) -> None:
+        self._messages.add(message)
+        self._event.set()
+
+    def _on_gap(self) -> None:
+        self._gap = True
+        self._event.set()
+
+    def drain(self) -> tuple[set[str], bool]:
+        """The distinct messages since the last call, and whether any may have been missed."""
+        messages, gap = self._messages, self._gap
+        self._messages, self._gap = set(), False
         self._event.clear()
+        return messages, gap
 
     async def wait(self, timeout: float) -> bool:
-        """True once set, False after ``timeout`` seconds."""
+        """True once something arrived since the last ``drain``, False after ``timeout``."""
         with suppress(TimeoutError):
             await asyncio.wait_for(self._event.wait(), timeout)
         return self._event.is_set()

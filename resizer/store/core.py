@@ -12,7 +12,12 @@ State machine
 
 Every arrow is one Lua script (``lua/*.lua``), so atomic: Redis runs a script to completion
 before any other command. The first half of a claim is the ``BLMOVE`` that blocks until work
-arrives; the claim script then leases the task and hands back its original.
+arrives (with several partitions, an ``LMOVE`` once a message says where); the claim script then
+leases the task and hands back its original.
+
+With ``RESIZER_MIN_REPLICAS``, ``create_task`` and ``complete`` return only once that many
+replicas hold what they wrote: a failover cannot take back a task the API acknowledged, nor a
+result the worker counted.
 
 Every script is safe to run twice: redis-py sends a command again when its reply was lost (a
 socket timeout), so each script recognises its own repeat (the task id for ``create``, the
@@ -37,15 +42,13 @@ name from the partition's tag, passed in ARGV: it hashes to the same slot as the
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import secrets
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-import redis.asyncio as aioredis
 import redis.exceptions
 import structlog
 from redis.typing import EncodableT, FieldT
@@ -71,7 +74,7 @@ from resizer.models import (
 )
 from resizer.store import keys
 from resizer.store.completions import Signal
-from resizer.store.connection import client_for
+from resizer.store.connection import Client, client_for, confirm_replicated, every_primary
 from resizer.store.keys import Partition
 from resizer.store.scripts import Script
 
@@ -80,11 +83,17 @@ log = structlog.get_logger("resizer.store")
 _LEADER_FIELDS = ("status", "updated_at", "error", "result_format")
 _CLAIM_WAIT_MS = [str(round(le * 1000)) for le in CLAIM_WAIT_BUCKETS]
 
+RESCAN_SECONDS = 60.0
+"""How often an idle worker looks into every partition although no message said there was
+work: a wake-up can be lost without the subscription dropping (a cluster bus link that breaks).
+Workers' recovery passes (every half lease) also note the partitions where ids wait, so this is
+only the bound when they do not run; each re-scan costs one LMOVE per partition."""
+
 
 class Store:
     """Typed operations on Redis. One instance per process; safe to share between tasks."""
 
-    def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
+    def __init__(self, client: Client, settings: Settings) -> None:
         self.redis = client
         self.settings = settings
         self.partitions = [keys.partition(i) for i in range(settings.partitions)]
@@ -97,6 +106,7 @@ class Store:
         self._recover = Script(client, "recover")
         self._adopt = Script(client, "adopt")
         self._delete = Script(client, "delete")
+        self._announce = Script(client, "announce")
         self._scripts = [
             self._create,
             self._claim,
@@ -107,21 +117,58 @@ class Store:
             self._recover,
             self._adopt,
             self._delete,
+            self._announce,
         ]
-        self._next_partition = itertools.cycle(range(len(self.partitions)))
+        self._turn = 0
         self._work: Signal | None = None
+        # Partitions that may hold waiting ids, as far as this process knows (``take``).
+        self._dirty = set(range(len(self.partitions)))
+        self._rescan_at = 0.0
+        self._announce_at = 0.0
 
     @property
     def finished_channels(self) -> list[str]:
         """The channels that announce finished tasks, one per partition."""
         return [part.finished for part in self.partitions]
 
+    @property
+    def _wake_channel(self) -> str:
+        # One partition needs no wake-up: workers block on its list.
+        return keys.WORK_CHANNEL if len(self.partitions) > 1 else ""
+
+    async def _serve_announced(self) -> None:
+        """Announce this process's partition count, and serve the highest any process announced:
+        a worker started with fewer partitions than the web still takes (and recovers) every
+        task."""
+        known = int(await self._announce(keys=[keys.PARTITIONS], args=[self.settings.partitions]))
+        self._serve(known)
+        self._announce_at = time.monotonic() + RESCAN_SECONDS
+
+    def _serve(self, count: int) -> None:
+        for index in range(len(self.partitions), min(count, keys.MAX_PARTITIONS)):
+            self.partitions.append(keys.partition(index))
+            self._dirty.add(index)
+
+    @property
+    def _original_ttl_ms(self) -> int:
+        return min(self.settings.original_ttl_seconds, self.settings.ttl_seconds) * 1000
+
+    async def _replicated(self, part: Partition) -> None:
+        """With ``RESIZER_MIN_REPLICAS``, wait until that many replicas hold what was just
+        written to ``part`` (else ``NotReplicated``: the caller retries, the write is safe to
+        repeat)."""
+        if self.settings.min_replicas > 0:
+            await confirm_replicated(
+                self.redis, part.stats, "replica_waits", self.settings.min_replicas
+            )
+
     def _of_id(self, task_id: str) -> Partition | None:
         index = keys.partition_of_id(task_id)
         return None if index is None else keys.partition(index)
 
     def _of_digest(self, digest: str) -> Partition:
-        return self.partitions[keys.partition_of_digest(digest, len(self.partitions))]
+        # Placement follows this process's own setting, never what it learnt it must serve.
+        return self.partitions[keys.partition_of_digest(digest, self.settings.partitions)]
 
     # --- tasks ----------------------------------------------------------------------------------
 
@@ -131,6 +178,8 @@ class Store:
         A task for bytes that were already resized is DONE at once; one for bytes being
         resized right now joins that work. Creating the same ``task_id`` again changes nothing.
         """
+        if time.monotonic() >= self._announce_at:
+            await self._serve_announced()
         part = self._of_digest(upload.digest)
         task_id = task_id or keys.new_task_id(part.index)
         created_ms, outcome = await self._create(
@@ -150,9 +199,11 @@ class Store:
                 upload.data,
                 upload.digest,
                 part.tag,
-                keys.WORK_CHANNEL if len(self.partitions) > 1 else "",
+                self._wake_channel,
+                self._original_ttl_ms,
             ],
         )
+        await self._replicated(part)
         # Only `create` turns a task DONE without a worker: when these bytes were resized before.
         status = TaskStatus.DONE if _text(outcome) == "done" else TaskStatus.WAITING
         created = _ms_to_datetime(created_ms)
@@ -226,6 +277,8 @@ class Store:
 
     async def take(self, timeout: float) -> str | None:
         """Block until a task id can be moved from ``waiting`` to ``processing`` (or time out)."""
+        if time.monotonic() >= self._announce_at:
+            await self._serve_announced()
         if len(self.partitions) == 1:
             part = self.partitions[0]
             moved = await self.redis.blmove(
@@ -240,24 +293,50 @@ class Store:
 
     async def _take_from_any(self, timeout: float) -> str | None:
         # One blocking pop cannot watch several partitions (BLMOVE takes one source), so idle
-        # workers wait on a pub/sub signal that `create` sends, then look in every partition,
-        # starting from a different one each time so none starves.
+        # workers wait on a pub/sub signal: `create` (and every re-queue) publishes the
+        # partition it queued into. This process keeps the set of partitions that may hold
+        # work: a message adds its partition, an LMOVE that finds nothing removes it. A take
+        # looks at them from a different first partition each time, so none starves.
         if self._work is None:
             self._work = Signal(self.redis, keys.WORK_CHANNEL)
             await self._work.start()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = time.monotonic() + timeout
+        self._turn += 1
         while True:
-            self._work.clear()
-            start = next(self._next_partition)
-            for offset in range(len(self.partitions)):
-                part = self.partitions[(start + offset) % len(self.partitions)]
+            self._note_signals()
+            count = len(self.partitions)
+            start = self._turn % count
+            for index in sorted(self._dirty, key=lambda i: (i - start) % count):
+                part = self.partitions[index]
                 moved = await self.redis.lmove(part.waiting, part.processing, "RIGHT", "LEFT")
                 if moved is not None:
                     return _text(moved)
-            left = deadline - loop.time()
-            if left <= 0 or not await self._work.wait(left):
+                self._dirty.discard(index)
+                # A message read while that LMOVE was in flight may be about a task queued
+                # after it ran: its partition is noted again, not lost.
+                self._note_signals()
+            if self._dirty:
+                continue
+            left = min(deadline, self._rescan_at) - time.monotonic()
+            if left > 0 and await self._work.wait(left):
+                continue
+            if time.monotonic() >= deadline:
                 return None
+
+    def _note_signals(self) -> None:
+        """Add the partitions named by the messages read since last time (all of them after a
+        dropped subscription, or when the safety re-scan is due) to the ones to look into."""
+        assert self._work is not None
+        tags, gap = self._work.drain()
+        now = time.monotonic()
+        if gap or now >= self._rescan_at:
+            self._dirty.update(range(len(self.partitions)))
+            self._rescan_at = now + RESCAN_SECONDS
+        else:
+            found = [i for i in map(keys.partition_of_tag, tags) if i is not None]
+            if found:
+                self._serve(max(found) + 1)
+            self._dirty.update(found)
 
     async def claim(self, task_id: str, worker: str, token: str | None = None) -> Claim | None:
         """Turn a taken id into a leased claim: IN_PROGRESS, attempt counted, token issued.
@@ -324,6 +403,7 @@ class Store:
                 part.stats,
                 part.durations,
                 part.finished,
+                part.blob(claim.digest),
             ],
             args=[
                 claim.task_id,
@@ -331,9 +411,12 @@ class Store:
                 result_format,
                 bucket,
                 repr(seconds),
+                self._original_ttl_ms,
                 *(item for s in sizes for item in (str(s), images[s])),
             ],
         )
+        if done:
+            await self._replicated(part)
         return bool(done)
 
     async def fail(self, claim: Claim, reason: str) -> bool:
@@ -368,6 +451,8 @@ class Store:
                 int(fatal),
                 self.settings.max_attempts,
                 self.settings.failed_ttl_seconds * 1000,
+                self._wake_channel,
+                part.tag,
             ],
         )
         return _text(outcome)
@@ -376,24 +461,28 @@ class Store:
         """One recovery pass over every partition: adopt unleased ids, then re-queue or FAIL
         every expired lease."""
         report = RecoveryReport()
+        await self._serve_announced()
         for part in self.partitions:
             await self._recover_partition(part, batch, report)
         return report
 
     async def _recover_partition(self, part: Partition, batch: int, report: RecoveryReport) -> None:
         lease_ms = self.settings.lease_seconds * 1000
-        # `processing` holds one id per busy worker at most: reading it whole is cheap.
-        for raw in await self.redis.lrange(part.processing, 0, -1):
+        expired, unleased, waiting = await self._expired(
+            keys=[part.leases, part.processing, part.waiting], args=[batch]
+        )
+        if int(waiting) > 0:
+            # The pass doubles as this process's safety re-scan (``take``): ids wait here.
+            self._dirty.add(part.index)
+        for raw in unleased:
             task_id = _text(raw)
-            if await self.redis.zscore(part.leases, task_id) is None:
-                outcome = await self._adopt(
-                    keys=[part.task(task_id), part.processing, part.leases],
-                    args=[task_id, lease_ms],
-                )
-                if outcome == b"adopted":
-                    report.adopted.append(task_id)
+            outcome = await self._adopt(
+                keys=[part.task(task_id), part.processing, part.leases],
+                args=[task_id, lease_ms],
+            )
+            if outcome == b"adopted":
+                report.adopted.append(task_id)
         while True:
-            expired: list[bytes] = await self._expired(keys=[part.leases], args=[batch])
             for raw in expired:
                 task_id = _text(raw)
                 outcome = _text(
@@ -412,6 +501,7 @@ class Store:
                             self.settings.max_attempts,
                             self.settings.failed_ttl_seconds * 1000,
                             part.tag,
+                            self._wake_channel,
                         ],
                     )
                 )
@@ -421,6 +511,9 @@ class Store:
                     report.failed.append(task_id)
             if len(expired) < batch:
                 return
+            expired, _, _ = await self._expired(
+                keys=[part.leases, part.processing, part.waiting], args=[batch]
+            )
 
     # --- introspection --------------------------------------------------------------------------
 
@@ -432,6 +525,7 @@ class Store:
         claim_waits: dict[str, float] = {}
         waiting = in_flight = 0
         oldest_ms: int | None = None
+        await self._serve_announced()
         for part in self.partitions:
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.hgetall(part.stats)
@@ -551,16 +645,17 @@ class Store:
         configuration (some managed services refuse CONFIG GET).
         """
         try:
-            config = await self.redis.config_get("maxmemory-policy")
+            configs = await every_primary(self.redis, "CONFIG GET", "maxmemory-policy")
         except redis.exceptions.ResponseError as exc:
             log.warning("redis.policy_unchecked", error=str(exc), setting="maxmemory-policy")
             return
-        policy = _text(next(iter(config.values()), None) or b"noeviction")
-        if policy != "noeviction":
-            raise EvictingRedis(
-                f"Redis has maxmemory-policy {policy}: under memory pressure it would drop queued "
-                "tasks; set maxmemory-policy noeviction"
-            )
+        for config in configs:  # one per primary: on a cluster, each one holds tasks
+            policy = _text(next(iter(config.values()), None) or b"noeviction")
+            if policy != "noeviction":
+                raise EvictingRedis(
+                    f"Redis has maxmemory-policy {policy}: under memory pressure it would drop "
+                    "queued tasks; set maxmemory-policy noeviction"
+                )
 
     async def close(self) -> None:
         if self._work is not None:

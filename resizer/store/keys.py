@@ -22,14 +22,17 @@ key (``{T}`` is the partition tag)  type    what
 ``{T}:waiting``                     list    ids waiting; LPUSH in, (B)LMOVE out from the right
 ``{T}:processing``                  list    ids a worker has taken (the reliable-queue list)
 ``{T}:leases``                      zset    id -> lease deadline, ms on the Redis clock
-``{T}:stats``                       hash    counters kept by the scripts (created, done, ...)
+``{T}:stats``                       hash    counters kept by the scripts (created, done, ...);
+                                            ``replica_waits``: writes followed by a WAIT
 ``{T}:durations``                   hash    processing-time histogram: count per bucket, sum
 ``{T}:claim_waits``                 hash    created -> first claim histogram: count per bucket
 ``{T}:failures``                    list    the latest failures: ``id<TAB>ms<TAB>error``
 ``{T}:finished``                    pubsub  the id of every queued task that became DONE or
                                             FAILED (tasks that joined it finish with it)
-``resizer:work``                    pubsub  the partition of every task queued (wakes idle
-                                            workers when there is more than one partition)
+``resizer:work``                    pubsub  the tag of the partition of every task queued
+                                            (wakes idle workers when there is more than one)
+``resizer:partitions``              string  the highest partition count tasks were created
+                                            with: workers and recovery serve that many
 ``{resizer}:workers``               zset    worker name -> last heartbeat (ms)
 ``{resizer}:worker:<name>``         hash    who that worker is and what it did (host, pid,
                                             version, started, tasks done and failed); expires
@@ -55,6 +58,7 @@ MAX_PARTITIONS: Final = 256
 """Partitions are numbered in two hex digits of the task id."""
 
 WORK_CHANNEL: Final = f"{NAMESPACE}:work"
+PARTITIONS: Final = f"{NAMESPACE}:partitions"
 WORKERS: Final = "{" + NAMESPACE + "}:workers"
 
 
@@ -140,6 +144,17 @@ def partition(index: int) -> Partition:
 def _van_der_corput(index: int) -> int:
     """``index``'s 8 bits reversed: 1 -> 128, 2 -> 64, 3 -> 192, ..."""
     return int(f"{index:08b}"[::-1], 2)
+
+
+def partition_of_tag(tag: str) -> int | None:
+    """The partition a tag names (``{resizer}`` is 0, ``{resizer:I:S}`` is I), or None."""
+    if tag == partition(0).tag:
+        return 0
+    parts = tag.strip("{}").split(":")
+    if len(parts) != 3 or parts[0] != NAMESPACE or not parts[1].isdigit():
+        return None
+    index = int(parts[1])
+    return index if 0 < index < MAX_PARTITIONS and partition(index).tag == tag else None
 
 
 def partition_of_digest(digest: str, partitions: int) -> int:

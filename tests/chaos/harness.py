@@ -291,6 +291,9 @@ class Api:
     async def status(self, task_id: str) -> tuple[int, dict[str, Any]]:
         return await self._call("GET", f"/tasks/{task_id}", self.get_ms)
 
+    async def get(self, path: str) -> tuple[int, dict[str, Any]]:
+        return await self._call("GET", path, self.get_ms)
+
     async def _call(
         self, method: str, path: str, latencies: list[float], **kwargs: Any
     ) -> tuple[int, dict[str, Any]]:
@@ -495,11 +498,16 @@ async def audit(client: redis.Redis, ids: list[str], base: str) -> Audit:
         task_id: {k.decode(): v.decode() for k, v in fields.items()}
         for task_id, fields in zip(ids, hashes, strict=True)
     }
-    # A task that joined another reads its status from it (as the store does).
-    seen = await asyncio.to_thread(statuses, client, ids)
-    for task_id, seen_status in zip(ids, seen, strict=True):
-        if seen_status is not None:
-            tasks[task_id]["status"] = seen_status
+    # A task that joined another (the same bytes in flight) keeps WAITING in its own record and
+    # reads its status (and error) from the task it joined, as the API shows it.
+    for record in tasks.values():
+        leader = record.get("leader")
+        if leader is not None and record.get("status") not in FINISHED:
+            fields = ("status", "updated_at", "error", "result_format")
+            values = client.hmget(task_key(leader), fields)
+            record.update(
+                {f: v.decode() for f, v in zip(fields, values, strict=True) if isinstance(v, bytes)}
+            )
     status = Counter(t.get("status", "MISSING") for t in tasks.values())
     lost = sum(n for s, n in status.items() if s not in FINISHED)
     attempts = Counter(int(t.get("attempts", 0)) for t in tasks.values())

@@ -31,6 +31,10 @@ SCENARIOS = (
     "Garbage uploads",
     "Secrets and sniffing",
     "A hostile server answering fetch",
+    "Cluster primary killed",
+    "Sentinel primary killed",
+    "Cost per task",
+    "Idle workers",
 )
 
 

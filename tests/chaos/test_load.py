@@ -11,7 +11,7 @@ import attrs
 import redis
 
 from resizer.config import Settings
-from resizer.store.keys import WORKERS, partition, worker_key
+from resizer.store.keys import PARTITIONS, WORKERS, partition, worker_key
 from tests.chaos.harness import (
     Api,
     Cluster,
@@ -50,6 +50,7 @@ def per_task_keys(client: redis.Redis) -> list[str]:
         p0.claim_waits,
         p0.failures,
         WORKERS,
+        PARTITIONS,
     )
     # The workers' own records (expiring a few heartbeats after their worker stops).
     return [k for k in key_names(client) if k not in shared and not k.startswith(worker_key(""))]

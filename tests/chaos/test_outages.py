@@ -81,6 +81,7 @@ async def test_redis_goes_away(
             server.proc.kill()  # a crash: no shutdown, no final save
             server.proc.wait()
             server.proc = None
+            server.release()  # its directory, for the restart below
             status_during = [await api.status(accepted[0]) for _ in range(5)]
             await asyncio.sleep(OUTAGE_SECONDS)
             restarted = RedisServer(

@@ -63,6 +63,7 @@ async def run_worker_until_idle(settings: Settings, count: int) -> None:
 # --- POST /tasks -------------------------------------------------------------------------------
 
 
+@pytest.mark.topologies("single", "cluster", "sentinel")
 async def test_post_creates_a_waiting_task_with_location(client: Client) -> None:
     response = await client.post("/tasks", json={"data": b64(make_image("PNG"))})
     assert response.status == 201
@@ -165,6 +166,7 @@ async def test_post_checks_the_header_only_then_the_worker_fails_it(
 # --- GET /tasks/{id} ---------------------------------------------------------------------------
 
 
+@pytest.mark.topologies("single", "cluster")
 async def test_get_task_shows_the_record(client: Client) -> None:
     task_id = await post_image(client, make_image("PNG"))
     response = await client.get(f"/tasks/{task_id}")
@@ -182,6 +184,7 @@ async def test_get_unknown_task_is_404(client: Client) -> None:
 # --- GET /tasks/{id}/image ---------------------------------------------------------------------
 
 
+@pytest.mark.topologies("single", "cluster", "sentinel")
 async def test_full_cycle_original_64_and_32(client: Client, real_settings: Settings) -> None:
     data = make_image("JPEG", size=300)
     task_id = await post_image(client, data)
@@ -227,6 +230,7 @@ async def test_image_of_unknown_task_is_404(client: Client) -> None:
     await assert_error(await client.get("/tasks/nope/image?size=64"), 404, "not_found")
 
 
+@pytest.mark.topologies("single", "cluster")
 async def test_resized_image_before_done_is_409_naming_the_status(client: Client) -> None:
     task_id = await post_image(client, make_image("PNG"))
     message = await assert_error(
@@ -288,6 +292,7 @@ async def test_redis_down_is_503_json_not_a_hang(aiohttp_client: ClientFactory) 
     assert (await client.get("/health")).status == 200
 
 
+@pytest.mark.topologies("single", "cluster", "sentinel")
 async def test_health_and_ready(client: Client) -> None:
     assert (await client.get("/health")).status == 200
     ready = await client.get("/ready")
@@ -298,6 +303,7 @@ async def test_health_and_ready(client: Client) -> None:
 # --- long-poll ---------------------------------------------------------------------------------
 
 
+@pytest.mark.topologies("single", "cluster", "sentinel")
 async def test_wait_answers_as_soon_as_the_task_finishes(
     client: Client, real_settings: Settings
 ) -> None:
@@ -313,6 +319,7 @@ async def test_wait_answers_as_soon_as_the_task_finishes(
     assert (await response.json())["status"] == "DONE"
 
 
+@pytest.mark.topologies("single", "cluster")
 async def test_wait_times_out_with_the_current_status(client: Client) -> None:
     import time
 
@@ -377,19 +384,18 @@ async def test_wait_on_an_unknown_task_is_404(client: Client) -> None:
 
 
 async def redis_bytes(url: str) -> int:
-    """What resizer's keys occupy in Redis, by MEMORY USAGE."""
-    import redis.asyncio as aioredis
-
-    admin = aioredis.Redis.from_url(url)
+    """What resizer's keys occupy in Redis (every partition, every primary), by MEMORY USAGE."""
+    admin = client_for(url)
     try:
         total = 0
-        async for key in admin.scan_iter(match="{resizer}:*"):
+        async for key in admin.scan_iter(match="{resizer*"):
             total += await admin.memory_usage(key) or 0
         return total
     finally:
         await admin.aclose()
 
 
+@pytest.mark.topologies("single", "cluster")
 async def test_the_same_image_twice_is_stored_once_and_resized_once(
     client: Client, real_settings: Settings
 ) -> None:
@@ -421,6 +427,7 @@ async def test_the_same_image_twice_is_stored_once_and_resized_once(
 # --- raw images --------------------------------------------------------------------------------
 
 
+@pytest.mark.topologies("single", "cluster")
 async def test_raw_image_with_content_type_etag_and_304(
     client: Client, real_settings: Settings
 ) -> None:
@@ -513,6 +520,7 @@ async def test_a_raw_upload_gets_the_same_checks(client: Client) -> None:
 # --- DELETE /tasks/{id} ---------------------------------------------------------------------------
 
 
+@pytest.mark.topologies("single", "cluster")
 async def test_delete_answers_204_then_the_task_is_gone(
     client: Client, real_settings: Settings
 ) -> None:
@@ -633,6 +641,7 @@ async def test_a_client_that_stops_reading_an_original_is_dropped(
     writer.close()
 
 
+@pytest.mark.topologies("single", "cluster")
 async def test_a_large_original_streams_as_json_and_raw(client: Client) -> None:
     data = make_noise_image("PNG", size=1200)  # ~4.3 MB: many pieces
     response = await client.post("/tasks", data=data, headers={"Content-Type": "image/png"})

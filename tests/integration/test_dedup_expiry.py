@@ -17,6 +17,7 @@ from tests.helpers import upload
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.topologies("single", "cluster")
 async def test_tasks_that_joined_a_waiting_task_outlast_its_own_ttl_and_finish(
     real_settings: Settings,
 ) -> None:

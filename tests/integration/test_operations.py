@@ -44,6 +44,7 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return found
 
 
+@pytest.mark.topologies("single", "cluster")
 async def test_metrics_count_tasks_from_every_process_and_http_requests(
     client: Client, real_settings: Settings
 ) -> None:

@@ -20,7 +20,6 @@ from resizer.embedded import RedisServer
 from resizer.models import ImageSize, Task, TaskStatus, Upload
 from resizer.processes import resizer_command
 from resizer.store import Store, client_for
-from resizer.store.keys import partition
 from tests.helpers import await_until, make_image, wait_until
 
 pytestmark = pytest.mark.integration
@@ -95,11 +94,13 @@ async def assert_done_with_both_sizes(store: Store, task_id: str) -> None:
 
 
 async def assert_queues_empty(store: Store) -> None:
-    assert await store.redis.llen(partition(0).waiting) == 0
-    assert await store.redis.llen(partition(0).processing) == 0
-    assert await store.redis.zcard(partition(0).leases) == 0
+    for part in store.partitions:
+        assert await store.redis.llen(part.waiting) == 0
+        assert await store.redis.llen(part.processing) == 0
+        assert await store.redis.zcard(part.leases) == 0
 
 
+@pytest.mark.topologies("single", "cluster", "sentinel")
 async def test_sigkill_mid_task_is_recovered_and_done(procs: Processes, store: Store) -> None:
     victim = procs.start("work", failpoints="during_resize=sleep:60")
     task_id = await submit(store)
@@ -148,6 +149,7 @@ async def test_a_task_that_crashes_its_worker_every_time_ends_failed(
     assert survivor.wait(10) == 0
 
 
+@pytest.mark.topologies("single", "cluster")
 async def test_recovery_racing_live_workers_never_double_processes(
     procs: Processes, store: Store
 ) -> None:

@@ -261,3 +261,28 @@ def test_k8s_web_probes_and_worker_grace() -> None:
     assert grace > Settings().lease_seconds
     (recover,) = specs["Deployment/resizer-recover"]["containers"]
     assert recover["args"][0] == "recover"
+
+
+# --- docker-compose.cluster.yml -------------------------------------------------------------
+
+
+def test_the_cluster_file_runs_resizer_on_six_cluster_nodes() -> None:
+    cluster = _load(ROOT / "docker-compose.cluster.yml")["services"]
+    nodes = {name: svc for name, svc in cluster.items() if name.startswith("redis-node-")}
+    assert len(nodes) == 6
+    for node in nodes.values():
+        command = node["command"]
+        assert command[command.index("--cluster-enabled") + 1] == "yes"
+        assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+        assert "ports" not in node  # private, like the base file's Redis
+    init = cluster["redis-cluster-init"]
+    assert "--cluster-replicas 1" in init["command"][0]
+    assert set(init["depends_on"]) == set(nodes)
+    for name in RESIZER_SERVICES:
+        service = cluster[name]
+        url = _compose_default(service["environment"]["REDIS_URL"])
+        assert url.startswith("redis+cluster://")
+        assert service["depends_on"]["redis-cluster-init"] == {
+            "condition": "service_completed_successfully"
+        }
+        assert _compose_default(service["environment"]["RESIZER_PARTITIONS"]) == "16"

@@ -2,8 +2,11 @@
 --@include finish
 -- Store every size and mark the task DONE (the tasks that joined it with it), in one step, only
 -- for the holder of the current token. The processing time goes into the shared histogram.
--- KEYS: task, processing, leases, content, stats, durations, finished
--- ARGV: id, token, result_format, histogram bucket, seconds, size, image, size, image...
+-- The original is kept `original_ttl_ms` more at most (RESIZER_ORIGINAL_TTL_SECONDS); the
+-- thumbnails live as long as the task.
+-- KEYS: task, processing, leases, content, stats, durations, finished, blob
+-- ARGV: id, token, result_format, histogram bucket, seconds, original_ttl_ms,
+--       size, image, size, image...
 -- Returns 1 if done (or already done by this claim), 0 if the claim is not current.
 local k = {task = KEYS[1], processing = KEYS[2], leases = KEYS[3], content = KEYS[4],
            stats = KEYS[5], finished = KEYS[7]}
@@ -13,7 +16,8 @@ if held ~= token then return 0 end
 -- The token stays on a DONE task so that this script, sent twice after a lost reply, says so.
 if status == 'DONE' then return 1 end
 
-redis.call('HSET', k.content, 'format', ARGV[3], unpack(ARGV, 6))
+redis.call('HSET', k.content, 'format', ARGV[3], unpack(ARGV, 7))
+cap(KEYS[8], tonumber(ARGV[6]))
 redis.call('HSET', k.task, 'status', 'DONE', 'result_format', ARGV[3],
            'updated_at', now_ms())
 count(k.stats, 'done', finish(k, id))

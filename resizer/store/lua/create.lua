@@ -2,7 +2,8 @@
 -- Store a task and its original (once per content), and queue it, join the task in flight for
 -- the same bytes, or finish it at once when they were resized before.
 -- KEYS: task, blob, content, waiting, stats
--- ARGV: id, ttl_ms, format, width, height, image bytes, digest, partition tag, wake channel
+-- ARGV: id, ttl_ms, format, width, height, image bytes, digest, partition tag, wake channel,
+--       original_ttl_ms
 -- Returns {created_at, outcome}: 'queued', 'joined' or 'done'.
 local task, blob, content, waiting, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local id, ttl, tag, wake = ARGV[1], tonumber(ARGV[2]), ARGV[8], ARGV[9]
@@ -16,10 +17,14 @@ if existing[1] then
 end
 
 local now = now_ms()
+local result_format = redis.call('HGET', content, 'format')
+-- Bytes resized before: this task is DONE now, and an original is kept that long after DONE.
+local blob_ttl = ttl
+if result_format then blob_ttl = math.min(ttl, tonumber(ARGV[10])) end
 if redis.call('EXISTS', blob) == 1 then
-  keep(blob, ttl)
+  keep(blob, blob_ttl)
 else
-  redis.call('SET', blob, ARGV[6], 'PX', ttl)
+  redis.call('SET', blob, ARGV[6], 'PX', blob_ttl)
 end
 redis.call('HSET', task, 'status', 'WAITING', 'created_at', now, 'updated_at', now,
            'attempts', 0, 'format', ARGV[3], 'width', ARGV[4], 'height', ARGV[5],
@@ -29,7 +34,6 @@ redis.call('HINCRBY', content, 'refs', 1)
 keep(content, ttl)
 count(stats, 'created')
 
-local result_format = redis.call('HGET', content, 'format')
 if result_format then
   redis.call('HSET', task, 'status', 'DONE', 'result_format', result_format)
   count(stats, 'deduplicated')

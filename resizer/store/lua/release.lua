@@ -1,11 +1,11 @@
 --@include release
 -- A worker gives its task back: a permanent failure (fatal) or a transient one (retry).
 -- KEYS: task, processing, leases, waiting, content, blob, stats, failures, finished
--- ARGV: id, token, reason, fatal (1/0), max_attempts, failed_ttl_ms
+-- ARGV: id, token, reason, fatal (1/0), max_attempts, failed_ttl_ms, wake channel, partition tag
 -- Returns 'requeued', 'failed', or 'stale' when the claim is not current.
 local k = {task = KEYS[1], processing = KEYS[2], leases = KEYS[3], waiting = KEYS[4],
            content = KEYS[5], blob = KEYS[6], stats = KEYS[7], failures = KEYS[8],
-           finished = KEYS[9]}
+           finished = KEYS[9], wake = ARGV[7], tag = ARGV[8]}
 local id, token = ARGV[1], ARGV[2]
 local held, released = unpack(redis.call('HMGET', k.task, 'token', 'released'))
 if held ~= token then

@@ -1,7 +1,8 @@
 --@include prelude
 --@include finish
 -- Take a task away from its worker: back to `waiting`, or FAILED when `fatal` or at the attempt
--- cap. `k`: task, processing, leases, waiting, content, blob, stats, failures, finished.
+-- cap. `k`: task, processing, leases, waiting, content, blob, stats, failures, finished, and
+-- wake (the channel idle workers listen on, '' for none) with the partition's tag.
 -- `requeued_counter` names the statistic a re-queue counts under. Returns 'requeued'/'failed'.
 local function release(k, id, reason, fatal, max_attempts, requeued_counter, failed_ttl, now)
   local token = redis.call('HGET', k.task, 'token')
@@ -30,6 +31,7 @@ local function release(k, id, reason, fatal, max_attempts, requeued_counter, fai
     count(k.stats, requeued_counter)
     redis.call('HSET', k.task, 'status', 'WAITING', 'updated_at', now)
     redis.call('LPUSH', k.waiting, id)
+    if k.wake ~= '' then redis.call('PUBLISH', k.wake, k.tag) end
   end
   -- A worker's release sent twice (a lost reply) is recognised by its token.
   if token then redis.call('HSET', k.task, 'released', token .. ' ' .. outcome) end

@@ -1,0 +1,277 @@
+"""Real Redis topologies for the tests, from the same ``redis-server`` binary as everything else:
+a Redis Cluster (primaries with a replica each) and a Sentinel setup (a primary, a replica, three
+sentinels). Each process has its own port and its own directory; no Docker, no redis-cli.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+from resizer.embedded import RedisServer, server_binary
+from resizer.processes import spawn, stop_process
+
+SLOTS = 16384
+CLUSTER_BUS_OFFSET = 10000
+SENTINEL_SERVICE = "mymaster"
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free too; both below 65536."""
+    while True:
+        port = random.randrange(20000, 45000)
+        if _free(port) and _free(port + CLUSTER_BUS_OFFSET):
+            return port
+
+
+def wait_for(predicate: object, timeout: float, what: str) -> None:
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if predicate():
+                return
+        except redis.RedisError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+class LocalCluster:
+    """``primaries`` primaries owning equal slot ranges, each with one replica.
+
+    ``node_timeout_ms`` is ``cluster-node-timeout``: how long a primary may be silent before its
+    replica takes over. The cluster keeps serving the slots of the other primaries meanwhile
+    (``cluster-require-full-coverage no``).
+    """
+
+    def __init__(self, directory: Path, primaries: int = 3, node_timeout_ms: int = 1000) -> None:
+        self.directory = directory
+        self.node_timeout_ms = node_timeout_ms
+        self.primaries: list[RedisServer] = []
+        self.replicas: list[RedisServer] = []
+        for role, servers in (("primary", self.primaries), ("replica", self.replicas)):
+            for i in range(primaries):
+                where = directory / f"{role}-{i}"
+                where.mkdir(parents=True, exist_ok=True)
+                servers.append(
+                    RedisServer(
+                        port=cluster_port(),
+                        directory=where,
+                        extra_args=[
+                            "--cluster-enabled", "yes",
+                            "--cluster-config-file", "nodes.conf",
+                            "--cluster-node-timeout", str(node_timeout_ms),
+                            "--cluster-require-full-coverage", "no",
+                            "--maxmemory-policy", "noeviction",
+                        ],
+                    )
+                )  # fmt: skip
+
+    @property
+    def nodes(self) -> list[RedisServer]:
+        return self.primaries + self.replicas
+
+    @property
+    def url(self) -> str:
+        seeds = ",".join(f"127.0.0.1:{s.port}" for s in self.primaries)
+        return f"redis+cluster://{seeds}/"
+
+    def client(self, server: RedisServer) -> redis.Redis:
+        return redis.Redis(port=server.port, socket_timeout=10, socket_connect_timeout=2)
+
+    def start(self) -> LocalCluster:
+        for server in self.nodes:
+            server.start()
+        ids = {}
+        for epoch, server in enumerate(self.nodes, start=1):
+            with self.client(server) as node:
+                ids[server.port] = node.execute_command("CLUSTER", "MYID").decode()
+                node.execute_command("CLUSTER", "SET-CONFIG-EPOCH", epoch)
+        share = SLOTS // len(self.primaries)
+        for i, server in enumerate(self.primaries):
+            first = i * share
+            last = SLOTS - 1 if i == len(self.primaries) - 1 else first + share - 1
+            with self.client(server) as node:
+                node.execute_command("CLUSTER", "ADDSLOTS", *range(first, last + 1))
+        with self.client(self.nodes[0]) as first_node:
+            for server in self.nodes[1:]:
+                first_node.execute_command("CLUSTER", "MEET", "127.0.0.1", server.port)
+
+        def everyone_known() -> bool:
+            return all(self._known(server) == len(self.nodes) for server in self.nodes)
+
+        wait_for(everyone_known, 30, "every node to know every other")
+        for primary, replica in zip(self.primaries, self.replicas, strict=True):
+            with self.client(replica) as node:
+                node.execute_command("CLUSTER", "REPLICATE", ids[primary.port])
+        wait_for(self.healthy, 30, "the cluster to be ok with every replica in sync")
+        return self
+
+    def _known(self, server: RedisServer) -> int:
+        with self.client(server) as node:
+            lines = node.execute_command("CLUSTER", "NODES").decode().splitlines()
+        return sum(1 for line in lines if "handshake" not in line and "noaddr" not in line)
+
+    def healthy(self) -> bool:
+        """Every node says the cluster is ok, and every replica's link to its primary is up."""
+        for server in self.nodes:
+            if server.proc is None:
+                continue
+            with self.client(server) as node:
+                if b"cluster_state:ok" not in node.execute_command("CLUSTER", "INFO"):
+                    return False
+                info = node.info("replication")
+                if info["role"] == "slave" and info.get("master_link_status") != "up":
+                    return False
+        return True
+
+    def primary_of_slot(self, slot: int) -> RedisServer:
+        """The node that serves ``slot`` now (after a failover, a former replica)."""
+        for server in self.nodes:
+            if server.proc is None:
+                continue
+            with self.client(server) as node:
+                for first, last, owner, *_ in node.execute_command("CLUSTER", "SLOTS"):
+                    if first <= slot <= last:
+                        return next(s for s in self.nodes if s.port == int(owner[1]))
+        raise AssertionError(f"no node serves slot {slot}")
+
+    def replica_of(self, primary: RedisServer) -> RedisServer:
+        with self.client(primary) as node:
+            info = node.info("replication")
+        port = int(info["slave0"]["port"])
+        return next(s for s in self.nodes if s.port == port)
+
+    def live_primaries(self) -> list[RedisServer]:
+        found = []
+        for server in self.nodes:
+            if server.proc is None:
+                continue
+            with self.client(server) as node:
+                if node.info("replication")["role"] == "master":
+                    found.append(server)
+        return found
+
+    def flush(self) -> None:
+        for server in self.live_primaries():
+            with self.client(server) as node:
+                node.flushall()
+                node.config_resetstat()
+
+    def stop(self) -> None:
+        for server in self.nodes:
+            server.stop()
+
+
+class SentinelProcess:
+    """One ``redis-server --sentinel`` watching ``primary``."""
+
+    def __init__(self, directory: Path, primary_port: int, down_after_ms: int) -> None:
+        self.port = cluster_port()
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        # Sentinel rewrites its configuration file as it learns: it must be writable, its own.
+        (directory / "sentinel.conf").write_text(
+            f"port {self.port}\n"
+            "bind 127.0.0.1\n"
+            f"dir {directory}\n"
+            f"logfile {directory / 'sentinel.log'}\n"
+            f"sentinel monitor {SENTINEL_SERVICE} 127.0.0.1 {primary_port} 2\n"
+            f"sentinel down-after-milliseconds {SENTINEL_SERVICE} {down_after_ms}\n"
+            f"sentinel failover-timeout {SENTINEL_SERVICE} 10000\n"
+            f"sentinel parallel-syncs {SENTINEL_SERVICE} 1\n"
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> SentinelProcess:
+        self.proc = spawn([server_binary(), str(self.directory / "sentinel.conf"), "--sentinel"])
+        wait_for(lambda: redis.Redis(port=self.port).ping(), 10, f"sentinel on {self.port}")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, grace=5.0)
+            self.proc = None
+
+
+class LocalSentinel:
+    """A primary, its replica, and three sentinels (quorum 2) that fail it over after
+    ``down_after_ms`` of silence."""
+
+    def __init__(self, directory: Path, down_after_ms: int = 1000) -> None:
+        self.primary = RedisServer(
+            directory=directory / "primary", extra_args=["--maxmemory-policy", "noeviction"]
+        )
+        self.replica = RedisServer(
+            directory=directory / "replica",
+            extra_args=[
+                "--replicaof", "127.0.0.1", str(self.primary.port),
+                "--maxmemory-policy", "noeviction",
+            ],
+        )  # fmt: skip
+        self.sentinels = [
+            SentinelProcess(directory / f"sentinel-{i}", self.primary.port, down_after_ms)
+            for i in range(3)
+        ]
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{SENTINEL_SERVICE}/0"
+
+    @property
+    def servers(self) -> list[RedisServer]:
+        return [self.primary, self.replica]
+
+    def start(self) -> LocalSentinel:
+        for server in self.servers:
+            server.directory.mkdir(parents=True, exist_ok=True)
+            server.start()
+        wait_for(self._replica_in_sync, 30, "the replica to sync")
+        for sentinel in self.sentinels:
+            sentinel.start()
+        wait_for(self._sentinels_ready, 30, "the sentinels to know each other and the replica")
+        return self
+
+    def _replica_in_sync(self) -> bool:
+        with redis.Redis(port=self.replica.port) as node:
+            return bool(node.info("replication").get("master_link_status") == "up")
+
+    def _sentinels_ready(self) -> bool:
+        for sentinel in self.sentinels:
+            with redis.Redis(port=sentinel.port) as node:
+                state = node.sentinel_master(SENTINEL_SERVICE)
+                if int(state["num-other-sentinels"]) < 2 or int(state["num-slaves"]) < 1:
+                    return False
+        return True
+
+    def current_primary(self) -> RedisServer:
+        with redis.Redis(port=self.sentinels[0].port) as node:
+            _, port = node.sentinel_get_master_addr_by_name(SENTINEL_SERVICE)
+        return next(s for s in self.servers if s.port == int(port))
+
+    def flush(self) -> None:
+        with redis.Redis(port=self.current_primary().port) as node:
+            node.flushall()
+
+    def stop(self) -> None:
+        for sentinel in self.sentinels:
+            sentinel.stop()
+        for server in self.servers:
+            server.stop()

@@ -1,0 +1,66 @@
+"""REDIS_URL: which client each scheme gives, and the URLs refused (no Redis needed: clients
+connect on first use)."""
+
+from __future__ import annotations
+
+import pytest
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.sentinel import SentinelConnectionPool
+
+from resizer.store import client_for
+from resizer.store.connection import POOL_SIZE
+
+
+async def test_a_cluster_url_gives_a_cluster_client_seeded_with_every_host() -> None:
+    client = client_for("rediss+cluster://me:s%40cret@h1:7000,[::1]:7001/?ssl_cert_reqs=none")
+    try:
+        assert isinstance(client, RedisCluster)
+        seeds = {(n.host, n.port) for n in client.nodes_manager.startup_nodes.values()}
+        assert seeds == {("h1", 7000), ("::1", 7001)}
+        kwargs = client.nodes_manager.connection_kwargs
+        assert (kwargs["username"], kwargs["password"]) == ("me", "s@cret")
+        assert kwargs["ssl_cert_reqs"] == "none"
+        assert kwargs["socket_timeout"] == 5.0
+    finally:
+        await client.aclose()
+
+
+async def test_a_sentinel_url_gives_a_bounded_client_of_the_services_primary() -> None:
+    client = client_for("redis+sentinel://:pw@s1:26379,s2:26380/mymaster/2?sentinel_password=sp")
+    try:
+        assert not isinstance(client, RedisCluster)
+        pool = client.connection_pool
+        assert isinstance(pool, SentinelConnectionPool)
+        assert pool.service_name == "mymaster"
+        assert pool.is_master
+        assert pool.max_connections == POOL_SIZE
+        assert pool.connection_kwargs["db"] == 2
+        assert pool.connection_kwargs["password"] == "pw"
+        sentinels = pool.sentinel_manager.sentinels
+        hosts = [
+            (
+                s.connection_pool.connection_kwargs["host"],
+                s.connection_pool.connection_kwargs["port"],
+            )
+            for s in sentinels
+        ]
+        assert hosts == [("s1", 26379), ("s2", 26380)]
+        assert sentinels[0].connection_pool.connection_kwargs["password"] == "sp"
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize(
+    ("url", "complaint"),
+    [
+        ("redis+cluster://", "at least one host"),
+        ("redis+cluster://h1/", "host:port"),
+        ("redis+cluster://h1:7000/3", "database 0"),
+        ("redis+cluster://h1:7000/?colour=blue", "colour"),
+        ("redis+sentinel://s1:26379/", "service name"),
+        ("redis+sentinel://s1:26379/svc/0/extra", "service name"),
+    ],
+)
+def test_bad_urls_are_refused_with_the_reason(url: str, complaint: str) -> None:
+    with pytest.raises(ValueError, match=complaint):
+        client_for(url)
