@@ -241,18 +241,7 @@ async def test_cluster_primary_killed(
             socket_timeout=5,
         )
 
-        def kill() -> None:
-            assert victim.proc is not None
-            victim.proc.kill()
-            victim.proc.wait()
-            victim.proc = None
-            victim.release()  # its directory, for the restart
-
-        def start_again() -> None:
-            server = RedisServer(
-                port=victim.port, directory=victim.directory, extra_args=victim.extra_args
-            ).start()
-            restarted.append(server)
+        kill, start_again = killer(victim, restarted)
 
         def promoted() -> bool:
             return cluster.primary_of_slot(0).port != victim.port
@@ -277,6 +266,27 @@ async def test_cluster_primary_killed(
         cluster.stop()
 
 
+def killer(
+    victim: RedisServer, restarted: list[RedisServer]
+) -> tuple[Callable[[], None], Callable[[], None]]:
+    """SIGKILL ``victim``, and later start a server again on its port and data directory."""
+
+    def kill() -> None:
+        assert victim.proc is not None
+        victim.proc.kill()
+        victim.proc.wait()
+        victim.proc = None
+        victim.release()  # its directory, for the restart
+
+    def start_again() -> None:
+        server = RedisServer(
+            port=victim.port, directory=victim.directory, extra_args=victim.extra_args
+        ).start()
+        restarted.append(server)
+
+    return kill, start_again
+
+
 async def test_sentinel_primary_killed(
     tmp_path: Path, photos: list[bytes], figures: Figures
 ) -> None:
@@ -288,18 +298,7 @@ async def test_sentinel_primary_killed(
     try:
         victim = setup.current_primary()
 
-        def kill() -> None:
-            assert victim.proc is not None
-            victim.proc.kill()
-            victim.proc.wait()
-            victim.proc = None
-            victim.release()  # its directory, for the restart
-
-        def start_again() -> None:
-            server = RedisServer(
-                port=victim.port, directory=victim.directory, extra_args=victim.extra_args
-            ).start()
-            restarted.append(server)
+        kill, start_again = killer(victim, restarted)
 
         def promoted() -> bool:
             return setup.current_primary().port != victim.port
