@@ -318,6 +318,22 @@ async def test_wait_answers_as_soon_as_the_task_finishes(
     assert (await response.json())["status"] == "DONE"
 
 
+async def test_wait_on_a_task_that_joined_another_wakes_when_that_one_finishes(
+    client: Client, real_settings: Settings
+) -> None:
+    import asyncio
+
+    image = make_image("PNG", unique=True)
+    await post_image(client, image)
+    joined = await post_image(client, image)  # the same bytes in flight: it joins the first
+    waiter = asyncio.create_task(client.get(f"/tasks/{joined}", params={"wait": "30"}))
+    await asyncio.sleep(0.05)  # the long-poll is watching before the worker starts
+    await run_worker_until_idle(real_settings, 1)
+    async with asyncio.timeout(10):  # far below the 30 s it would take without a wake-up
+        response = await waiter
+    assert (await response.json())["status"] == "DONE"
+
+
 async def test_wait_times_out_with_the_current_status(client: Client) -> None:
     import time
 
