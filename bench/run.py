@@ -20,7 +20,18 @@ from pathlib import Path
 import PIL
 from PIL import features
 
-from bench import endtoend, kernel, make_corpus, memory, service, summary, targets
+from bench import (
+    coldstart,
+    endtoend,
+    footprint,
+    kernel,
+    make_corpus,
+    memory,
+    service,
+    summary,
+    targets,
+    upload_latency,
+)
 
 
 def machine() -> str:
@@ -51,7 +62,7 @@ def section(title: str, run: Callable[[], list[str]]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--sections", default="1,2,3,4")
+    parser.add_argument("--sections", default="1,2,3,4,5,6,7")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--tasks", type=int, default=2000, help="tasks per set in section 2")
     parser.add_argument(
@@ -96,6 +107,12 @@ def main(argv: list[str] | None = None) -> int:
             "4. memory",
             lambda: ["4. memory", *service.web_memory(), *memory.worker_memory(corpus)],
         )
+    if "5" in wanted:
+        section("5. cold start", lambda: coldstart.cold_start(corpus, compared))
+    if "6" in wanted:
+        section("6. upload latency", lambda: upload_latency.upload_latency(compared))
+    if "7" in wanted:
+        section("7. footprint", lambda: footprint.footprint(compared))
     print("\n".join(summary.table()), flush=True)
     return 0
 

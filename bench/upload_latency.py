@@ -1,26 +1,33 @@
-"""Does a large upload stall the web process for other requests?
+"""Section 6 of `make bench`: does a large upload stall the web process for other requests?
 
-Starts ``resizer up`` (embedded Redis, 1 worker), then measures ``GET /tasks/{id}`` latency
-alone, and again while clients keep posting ~25 MB bodies (a 2500x2500 noise PNG, base64).
-Prints p50/p99/max of both. Run: ``.venv/bin/python -m bench.upload_latency``.
+Starts ``resizer up`` (1 worker) on its own Redis, then measures ``GET /tasks/{id}`` latency
+alone, and again while two clients keep posting ~25 MB bodies (a 2500x2500 noise PNG,
+base64). Prints p50/p99/max of both, for ours and, with a baseline, for the baseline's code in
+the same run. Run alone: ``.venv/bin/python -m bench.upload_latency [--baseline PATH]``.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import io
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import time
+from collections.abc import Sequence
 
 import aiohttp
 from PIL import Image
 
-from resizer.embedded import free_port
+from bench import procs, summary
+from bench.targets import OURS, Target, baseline_figure, targets
+from resizer.embedded import RedisServer
+
+ALONE_SECONDS = 5.0
+LOADED_SECONDS = 15.0
+COMMAND = "python -m bench.run --sections 6"
 
 
 def big_body() -> bytes:
@@ -54,35 +61,72 @@ async def uploader(
     return sent
 
 
-def summary(name: str, values: list[float]) -> str:
+def p99(values: list[float]) -> float:
     ordered = sorted(values)
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+def summary_line(name: str, values: list[float]) -> str:
     return (
-        f"{name:<34} n={len(values):<5} p50={statistics.median(values):7.1f} ms"
-        f"  p99={p99:7.1f} ms  max={ordered[-1]:7.1f} ms"
+        f"{name:<44} n={len(values):<5} p50={statistics.median(values):7.1f} ms"
+        f"  p99={p99(values):7.1f} ms  max={max(values):7.1f} ms"
     )
 
 
-async def main(base: str) -> None:
-    body = big_body()
+async def _measure(base: str, body: bytes) -> tuple[list[float], list[float], int]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
         small = base64.b64encode(_small_png()).decode()
         async with session.post(f"{base}/tasks", json={"data": small}) as r:
             task_id = (await r.json())["id"]
         status_url = f"{base}/tasks/{task_id}"
         await latencies(session, status_url, 1)  # warm up
-        alone = await latencies(session, status_url, 5)
+        alone = await latencies(session, status_url, ALONE_SECONDS)
         stop = asyncio.Event()
         uploads = [
             asyncio.create_task(uploader(session, f"{base}/tasks", body, stop)) for _ in range(2)
         ]
         await asyncio.sleep(0.5)
-        loaded = await latencies(session, status_url, 8)
+        loaded = await latencies(session, status_url, LOADED_SECONDS)
         stop.set()
         sent = sum(await asyncio.gather(*uploads))
-    print(f"upload body: {len(body) / 1e6:.1f} MB; {sent} uploads during the loaded window")
-    print(summary("GET /tasks/{id}, alone", alone))
-    print(summary("GET /tasks/{id}, 2 uploads in flight", loaded))
+    return alone, loaded, sent
+
+
+def measure(target: Target, body: bytes) -> tuple[list[float], list[float], int]:
+    with RedisServer() as redis, procs.resizer_up(target, 1, redis.url) as (url, _):
+        return asyncio.run(_measure(url, body))
+
+
+def upload_latency(compared: Sequence[Target]) -> list[str]:
+    body = big_body()
+    lines = [
+        f"6. status latency with large uploads: `resizer up --workers 1` on its own Redis;"
+        f" GET /tasks/{{id}} alone ({ALONE_SECONDS:g} s), then while 2 clients keep posting"
+        f" {len(body) / 1e6:.1f} MB bodies ({LOADED_SECONDS:g} s)"
+    ]
+    loaded_p99: dict[str, float] = {}
+    for target in compared:
+        alone, loaded, sent = measure(target, body)
+        loaded_p99[target.name] = p99(loaded)
+        lines += [
+            summary_line(f"{target.name}: GET /tasks/{{id}}, alone", alone),
+            summary_line(f"{target.name}: GET /tasks/{{id}}, 2 uploads in flight", loaded)
+            + f"  ({sent} uploads)",
+        ]
+    ours = loaded_p99[OURS.name]
+    base, said = baseline_figure(
+        "upload_latency.loaded_p99_ms",
+        next((v for k, v in loaded_p99.items() if k != OURS.name), None),
+    )
+    lines.append(
+        summary.judge(
+            "status p99 with two 25 MB uploads in flight no worse than face751's",
+            f"{ours:.1f} ms" + ("" if base is None else f"; baseline {base:.1f} ms ({said})"),
+            None if base is None else ours <= base,
+            COMMAND,
+        )
+    )
+    return lines
 
 
 def _small_png() -> bytes:
@@ -91,26 +135,13 @@ def _small_png() -> bytes:
     return out.getvalue()
 
 
-if __name__ == "__main__":
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "resizer", "up", "--port", str(port), "--workers", "1"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        for _ in range(300):
-            try:
-                import urllib.request
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--baseline", default=None)
+    args = parser.parse_args(argv)
+    print("\n".join(upload_latency(targets(args.baseline))))
+    return 0
 
-                urllib.request.urlopen(f"{base}/health", timeout=1).close()  # noqa: S310
-                break
-            except OSError:
-                time.sleep(0.1)
-        asyncio.run(main(base))
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
+
+if __name__ == "__main__":
+    sys.exit(main())
