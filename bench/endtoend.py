@@ -127,30 +127,33 @@ def burst(
 
 
 def run_target(target: Target, corpus: Path, workers: int, count: int) -> list[SetRun]:
+    """Every set of ``target``, each on a fresh Redis and a fresh ``resizer up``: a set finds
+    neither the memory nor the connections the one before it left."""
     cores = min(workers, len(os.sched_getaffinity(0)))
     kernel = kernel_cpu(target, [corpus / name for _, name in SETS])
     runs = []
-    serial = 0
-    with RedisServer() as redis, procs.resizer_up(target, workers, redis.url) as (url, up):
-        assert redis.proc is not None
-        for label, name in SETS:
-            for mode in modes(target):
-                result, cpu = burst(url, up, redis.proc.pid, corpus / name, mode, count, serial)
-                serial += count + 100
-                tasks = int(result["tasks"])
-                runs.append(
-                    SetRun(
-                        target=target.name,
-                        label=label,
-                        mode=mode,
-                        tasks=tasks,
-                        failed=int(result["failed"]),
-                        seconds=result["seconds"],
-                        cpu_ms={k: v * 1000 / tasks for k, v in cpu.items()},
-                        kernel_ms=kernel[name],
-                        cores=cores,
-                    )
+    for label, name in SETS:
+        for mode in modes(target):
+            with (
+                RedisServer() as redis,
+                procs.resizer_up(target, workers, redis.url) as (url, up),
+            ):
+                assert redis.proc is not None
+                result, cpu = burst(url, up, redis.proc.pid, corpus / name, mode, count, 0)
+            tasks = int(result["tasks"])
+            runs.append(
+                SetRun(
+                    target=target.name,
+                    label=label,
+                    mode=mode,
+                    tasks=tasks,
+                    failed=int(result["failed"]),
+                    seconds=result["seconds"],
+                    cpu_ms={k: v * 1000 / tasks for k, v in cpu.items()},
+                    kernel_ms=kernel[name],
+                    cores=cores,
                 )
+            )
     return runs
 
 
@@ -209,20 +212,18 @@ def end_to_end(
             )
         )
     for (label, mode), each in ours.items():
+        theirs_run = theirs.get((label, mode))
         base, said = baseline_figure(
             f"e2e.{mode}.{label}.efficiency",
-            theirs[(label, mode)].rate / theirs[(label, mode)].limit
-            if (label, mode) in theirs
-            else None,
+            None if theirs_run is None else theirs_run.rate / theirs_run.limit,
         )
         effic = each.rate / each.limit
         lines.append(
             summary.judge(
-                f"{label}, {mode} uploads: tasks/s against the kernel limit, no lower than"
-                f" {BASELINE_COMMIT}'s",
+                f"{label}, {mode} uploads: tasks/s against the kernel limit (a figure, no bar)",
                 f"{effic:.0%} ({each.rate:.1f} tasks/s of {each.limit:.0f})"
                 + ("" if base is None else f"; baseline {base:.0%} ({said})"),
-                None if base is None or mode == RAW else effic >= base,
+                None,
                 COMMAND,
             )
         )
