@@ -29,6 +29,8 @@ test: venv ## run the test suite (unit on fakeredis, integration on a real Redis
 
 # The benchmark's own dependencies (pyvips with its bundled libvips, scikit-image for the corpus
 # photos) are an optional group: the service never needs them. BENCHMARKS.md explains the output.
+# RESIZER_BASELINE=/path/to/a/checkout (with its own `make venv`) runs the baseline's code beside
+# ours in the sections that compare with it; without it they print its recorded figures.
 bench: venv ## benchmark: kernel vs naive Pillow and pyvips, end to end, API, memory
 	$(POETRY) install --quiet --extras embedded --with bench
 	$(RUN) python -m bench.run

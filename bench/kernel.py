@@ -24,10 +24,13 @@ from typing import Any
 import attrs
 from PIL import Image
 
+from bench import summary
 from bench.timing import one_core
 from resizer import budget, header, imaging, memory, pngdecode
 from resizer.models import SIZES
 from tests.quality import planes_of, psnr, reference
+
+COMMAND = "python -m bench.run --sections 1"
 
 
 @attrs.frozen
@@ -276,6 +279,7 @@ def checks(rows: list[KernelRow]) -> list[str]:
 
     def bar(label: str, ok: bool, detail: str) -> None:
         out.append(f"{'PASS ' if ok else 'SHORT'} {label}: {detail}")
+        summary.BARS.append(summary.Bar(f"kernel: {label}", detail, ok, COMMAND))
 
     by_name = {r.name: r for r in rows}
     for name, label, times in (

@@ -1,6 +1,10 @@
 """`make bench`: every section in one run, printed as it goes (figures go in BENCHMARKS.md).
 
-Usage: python -m bench.run [--sections 1,2,3,4] [--workers N]
+Usage: python -m bench.run [--sections 1,2,3,4,5,6,7] [--workers N] [--tasks N]
+                           [--baseline PATH]
+
+With ``--baseline PATH`` (or ``RESIZER_BASELINE``), a checkout of the baseline with its own
+``make venv``, the sections that compare with it run its code too, in the same run.
 """
 
 from __future__ import annotations
@@ -16,7 +20,18 @@ from pathlib import Path
 import PIL
 from PIL import features
 
-from bench import kernel, make_corpus, memory, service
+from bench import (
+    coldstart,
+    endtoend,
+    footprint,
+    kernel,
+    make_corpus,
+    memory,
+    service,
+    summary,
+    targets,
+    upload_latency,
+)
 
 
 def machine() -> str:
@@ -47,14 +62,29 @@ def section(title: str, run: Callable[[], list[str]]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--sections", default="1,2,3,4")
+    parser.add_argument("--sections", default="1,2,3,4,5,6,7")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--tasks", type=int, default=2000, help="tasks per set in section 2")
+    parser.add_argument(
+        "--baseline",
+        default=None,
+        help=f"a checkout of the baseline with its venv (default: ${targets.BASELINE_ENV})",
+    )
     args = parser.parse_args(argv)
     wanted = set(args.sections.split(","))
+    compared = targets.targets(args.baseline)
     make_corpus.main([])
     corpus = make_corpus.CORPUS
     paths = sorted(p for p in corpus.iterdir() if p.name in make_corpus.FILES)
     print(machine(), flush=True)
+    for target in compared:
+        print(f"{target.name}: {target.root} at {target.version()}, {target.python}", flush=True)
+    if len(compared) == 1:
+        print(
+            f"no baseline checkout (--baseline or {targets.BASELINE_ENV}): baseline figures are"
+            " the ones recorded in BENCHMARKS.md",
+            flush=True,
+        )
     print(f"corpus: {corpus} ({len(paths)} files, made by bench/make_corpus.py)\n", flush=True)
     kernel_ms: dict[str, float] = {}
 
@@ -66,10 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     if "1" in wanted:
         section("1. kernel", run_kernel)
     if "2" in wanted:
-        if not kernel_ms:
-            rows, _ = kernel.measure([p for p in paths if p.name in _set_files()])
-            kernel_ms.update({r.name: r.ours_ms for r in rows})
-        section("2. end to end", lambda: service.end_to_end(corpus, args.workers, kernel_ms))
+        section(
+            "2. end to end",
+            lambda: endtoend.end_to_end(corpus, args.workers, args.tasks, compared, kernel_ms),
+        )
     if "3" in wanted:
         section("3. API", lambda: service.api_latency(args.workers))
     if "4" in wanted:
@@ -77,11 +107,14 @@ def main(argv: list[str] | None = None) -> int:
             "4. memory",
             lambda: ["4. memory", *service.web_memory(), *memory.worker_memory(corpus)],
         )
+    if "5" in wanted:
+        section("5. cold start", lambda: coldstart.cold_start(corpus, compared))
+    if "6" in wanted:
+        section("6. upload latency", lambda: upload_latency.upload_latency(compared))
+    if "7" in wanted:
+        section("7. footprint", lambda: footprint.footprint(compared))
+    print("\n".join(summary.table()), flush=True)
     return 0
-
-
-def _set_files() -> set[str]:
-    return {name for _, name, _ in service.SETS}
 
 
 if __name__ == "__main__":

@@ -269,11 +269,20 @@ async def get_task(request: web.Request) -> web.Response:
     task_id = request.match_info["task_id"]
     wait = _wait_seconds(request)
     store = request.app[STORE]
-    task = await _find_task(store, task_id)
-    if wait and not task.status.finished:
-        async with request.app[COMPLETIONS].watch(task.watch_id) as finished:
-            # Re-read after registering: a finish between the two reads is not missed.
-            task = await _find_task(store, task_id)
+    if not wait:
+        return json_response(TaskView.of(await _find_task(store, task_id)))
+    completions = request.app[COMPLETIONS]
+    # Watched before the first read, so a finish right after it is not missed: one read less
+    # than reading, watching, then reading again. A task that joined another finishes when
+    # that one does: watched once its leader is known, then read again.
+    async with completions.watch(task_id) as finished:
+        task = await _find_task(store, task_id)
+        if task.status.finished:
+            return json_response(TaskView.of(task))
+        async with AsyncExitStack() as stack:
+            if task.watch_id != task_id:
+                finished = await stack.enter_async_context(completions.watch(task.watch_id))
+                task = await _find_task(store, task_id)
             if not task.status.finished:
                 with suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(finished), wait)

@@ -7,8 +7,9 @@ worker will actually run (``resizer.imaging``), the full-size buffers alive at i
 * the decoded image at the size the decoder gives (JPEG: the draft scale the worker asks for),
   at Pillow's bytes per pixel for its mode (1 for 1/L/P, 2 for 16-bit grey, 4 for the others);
 * what the decoder holds besides (JPEG: every DCT coefficient when the file has several scans;
-  PNG through ``pngdecode``: the inflated rows twice; TIFF: a strip or tile, up to the whole
-  image; BMP RLE: the expanded pixels twice; WebP and AVIF: their own canvases and copies);
+  PNG through ``pngdecode``: the inflated rows twice, and a third time while libspng decodes;
+  TIFF: a strip or tile, up to the whole image; BMP RLE: the expanded pixels twice; WebP and
+  AVIF: their own canvases and copies);
 * the worker's full-size conversions (``imaging._working_mode``: 16-bit goes through two 32-bit
   images, palettes become RGB(A); CMYK's conversion to RGB; the premultiplied copy Pillow makes
   to reduce or resize an image with alpha);
@@ -46,10 +47,11 @@ JPEG_DRAFT_FACTOR = 2
 # the DCT's own averaging at 1/8 costs ~8 dB on the corpus scan, at 1/4 it does not.
 JPEG_DRAFT_FACTOR_CMYK = 4
 
-# pngdecode holds the inflated rows twice (plain, then wrapped) besides the result: past this
+# pngdecode holds the inflated rows twice (plain, then wrapped; pyspng copies the wrapped ones
+# again while it decodes) besides the result: past this
 # size (a 4096x4096 RGBA is 64 MiB) the worker's memory matters more than the time it saves.
 FAST_PNG_MAX_INFLATED_BYTES = 64 * MiB
-_FAST_PNG_CHANNELS = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}
+_FAST_PNG_CHANNELS = {"L": 1, "RGB": 3, "RGBA": 4}  # pngdecode's modes
 
 # Pillow's storage: one byte a pixel for 1, L and P, two for 16-bit grey, four for the rest.
 _ONE_BYTE = frozenset({"1", "L", "P"})
@@ -81,7 +83,7 @@ class Header:
     # the image (progressive, or a first scan without every component).
     sampling: tuple[tuple[int, int], ...] = ()
     all_coefficients: bool = False
-    fast_png: bool = False  # PNG: a kind pngdecode takes (8-bit L/LA/RGB/RGBA, no interlace)
+    fast_png: bool = False  # PNG: a kind pngdecode takes (8-bit L/RGB/RGBA, no interlace)
     file_bits: int = 0  # TIFF: bits a pixel takes in the file (its strip buffer)
     rle: bool = False  # BMP: run-length encoded
 
@@ -218,10 +220,10 @@ def _png_bytes(header: Header, stored: int) -> int:
     rows = header.height * (1 + header.width * channels)  # a filter byte, then the samples
     if not header.fast_png or rows > FAST_PNG_MAX_INFLATED_BYTES:
         return pixels * stored  # Pillow's decoder writes into the image
-    # pngdecode: the rows and their wrapped copy; then that copy and the decoded samples; then,
-    # for LA and RGB, the samples and Pillow's 4-byte pixels.
+    # pngdecode: the rows and their wrapped copy; then that copy, pyspng's own copy of it and
+    # the decoded samples; then, for RGB, the samples and Pillow's 4-byte pixels.
     samples = pixels * channels
-    return max(2 * rows, rows + samples, samples + (pixels * 4 if channels in (2, 3) else 0))
+    return max(2 * rows + samples, samples + (pixels * 4 if channels == 3 else 0))
 
 
 def _first_scan_components(data: bytes) -> int:

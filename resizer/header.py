@@ -1,7 +1,7 @@
 """What the web process needs to know of an image: its format and size from the header, whether
 its decode fits the budget, and the content type of its thumbnails.
 
-Imports Pillow and nothing of the pixel stack (numpy, imagecodecs): only the worker, through
+Imports Pillow and nothing of the pixel stack (numpy, pyspng, deflate): only the worker, through
 ``resizer.imaging``, decodes pixels.
 """
 

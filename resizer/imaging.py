@@ -1,7 +1,7 @@
 """The image pipeline: pure functions, bytes in, bytes out. Knows nothing of Redis or HTTP.
 
 ``make_thumbnails`` decodes once and produces every size (the worker's job). It imports the
-pixel stack (numpy and imagecodecs, through ``pngdecode``); what the web process needs, reading
+pixel stack (numpy, pyspng and deflate, through ``pngdecode``); what the web process needs, reading
 a header, lives in ``resizer.header``, which imports neither.
 
 How a thumbnail is made, and why in this order (figures in BENCHMARKS.md):

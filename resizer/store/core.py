@@ -74,13 +74,21 @@ from resizer.models import (
 )
 from resizer.store import keys
 from resizer.store.completions import Signal
-from resizer.store.connection import Client, client_for, confirm_replicated, every_primary
+from resizer.store.connection import (
+    Client,
+    client_for,
+    confirm_replicated,
+    every_primary,
+    is_cluster,
+)
 from resizer.store.keys import Partition
 from resizer.store.scripts import Script
 
 log = structlog.get_logger("resizer.store")
 
 _LEADER_FIELDS = ("status", "updated_at", "error", "result_format")
+_SET_BESIDE_BYTES = 1024 * 1024
+"""Originals this large are written by a plain SET beside the create script, not through it."""
 _CLAIM_WAIT_MS = [str(round(le * 1000)) for le in CLAIM_WAIT_BUCKETS]
 
 RESCAN_SECONDS = 60.0
@@ -97,6 +105,7 @@ class Store:
         self.redis = client
         self.settings = settings
         self.partitions = [keys.partition(i) for i in range(settings.partitions)]
+        self._cluster = is_cluster(client)
         self._create = Script(client, "create")
         self._claim = Script(client, "claim")
         self._renew = Script(client, "renew")
@@ -182,32 +191,60 @@ class Store:
             await self._serve_announced()
         part = self._of_digest(upload.digest)
         task_id = task_id or keys.new_task_id(part.index)
-        created_ms, outcome = await self._create(
-            keys=[
-                part.task(task_id),
-                part.blob(upload.digest),
-                part.content(upload.digest),
-                part.waiting,
-                part.stats,
-            ],
-            args=[
-                task_id,
-                self.settings.ttl_seconds * 1000,
-                upload.info.format,
-                upload.info.width,
-                upload.info.height,
-                upload.data,
-                upload.digest,
-                part.tag,
-                self._wake_channel,
-                self._original_ttl_ms,
-            ],
-        )
+        ttl_ms = self.settings.ttl_seconds * 1000
+        # redis-py's cluster client runs no script inside MULTI/EXEC: there, the bytes go
+        # through the script, as small ones always do.
+        large = len(upload.data) >= _SET_BESIDE_BYTES and not self._cluster
+        script_keys = [
+            part.task(task_id),
+            part.blob(upload.digest),
+            part.content(upload.digest),
+            part.waiting,
+            part.stats,
+        ]
+        args = [
+            task_id,
+            ttl_ms,
+            upload.info.format,
+            upload.info.width,
+            upload.info.height,
+            b"" if large else upload.data,
+            upload.digest,
+            part.tag,
+            self._wake_channel,
+            self._original_ttl_ms,
+        ]
+        if large:
+            blob = part.blob(upload.digest)
+            reply = await self._create_beside(blob, upload.data, ttl_ms, script_keys, args)
+        else:
+            reply = await self._create(keys=script_keys, args=args)
+        created_ms, outcome = reply
         await self._replicated(part)
         # Only `create` turns a task DONE without a worker: when these bytes were resized before.
         status = TaskStatus.DONE if _text(outcome) == "done" else TaskStatus.WAITING
         created = _ms_to_datetime(created_ms)
         return Task(task_id, status, created, created, 0, upload.info, upload.digest)
+
+    async def _create_beside(
+        self, blob: str, data: bytes, ttl_ms: int, script_keys: list[str], args: list[Any]
+    ) -> Any:
+        """The create script with the original written beside it, by a plain SET in the same
+        MULTI/EXEC: Redis reads a large value over several turns of its event loop and stores
+        the buffer it read into, where a script's argument is copied twice while Redis serves
+        no one else. The script then finds the original there, as it finds one stored before."""
+        for attempt in (1, 2):
+            try:
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.set(blob, data, px=ttl_ms, nx=True)
+                    pipe.evalsha(self._create.sha, len(script_keys), *script_keys, *args)
+                    _, reply = await pipe.execute()
+                    return reply
+            except redis.exceptions.NoScriptError:
+                if attempt == 2:
+                    raise
+                await self._create.load()  # Redis restarted: the SET ran, and runs again as a no-op
+        raise AssertionError("unreachable")
 
     async def get_task(self, task_id: str) -> Task | None:
         """The task as clients see it: a task that joined another has that one's status."""
@@ -361,7 +398,9 @@ class Store:
         )
         if not claimed:
             return None
-        attempt, digest, original = claimed
+        attempt, digest, original, *large = claimed
+        if large:  # too large to come through the script: read it as it is stored
+            original = await self.redis.get(part.blob(_text(digest)))
         return Claim(
             task_id=task_id,
             token=token,

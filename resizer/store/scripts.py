@@ -44,6 +44,11 @@ class Script:
         self._client = client
         self._script = client.register_script(source(name))
 
+    @property
+    def sha(self) -> str:
+        sha: str = self._script.sha
+        return sha
+
     async def load(self) -> None:
         """Have Redis cache the script now rather than on its first call."""
         await self._client.script_load(self._script.script)

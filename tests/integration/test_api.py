@@ -319,7 +319,27 @@ async def test_wait_answers_as_soon_as_the_task_finishes(
     assert (await response.json())["status"] == "DONE"
 
 
-@pytest.mark.topologies("single", "cluster")
+async def test_wait_on_a_task_that_joined_another_wakes_when_that_one_finishes(
+    client: Client, real_settings: Settings
+) -> None:
+    import asyncio
+
+    image = make_image("PNG", unique=True)
+    await post_image(client, image)
+    joined = await post_image(client, image)  # the same bytes in flight: it joins the first
+    waiter = asyncio.create_task(client.get(f"/tasks/{joined}", params={"wait": "30"}))
+
+    async def watching() -> bool:
+        # Two watches: the task's own id, and the id of the task it joined.
+        return client.app is not None and client.app[COMPLETIONS].waiting == 2
+
+    await await_until(watching, 10, "the long-poll to watch before the worker starts")
+    await run_worker_until_idle(real_settings, 1)
+    async with asyncio.timeout(10):  # far below the 30 s it would take without a wake-up
+        response = await waiter
+    assert (await response.json())["status"] == "DONE"
+
+
 async def test_wait_times_out_with_the_current_status(client: Client) -> None:
     import time
 

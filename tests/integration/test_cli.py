@@ -338,7 +338,7 @@ import json
 import sys
 
 BLOCKED = (
-    "redis", "hiredis", "PIL", "numpy", "numba", "imagecodecs", "prometheus_client",
+    "redis", "hiredis", "PIL", "numpy", "numba", "pyspng", "deflate", "prometheus_client",
     "resizer.api", "resizer.worker", "resizer.store", "resizer.imaging", "resizer.recovery",
     "resizer.embedded", "resizer.processes", "resizer.cli", "resizer.pngdecode", "resizer.cmyk",
 )

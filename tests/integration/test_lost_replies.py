@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 
 from resizer.config import Settings
 from resizer.models import TaskStatus
-from resizer.store import Store, client_for
+from resizer.store import Store, client_for, core
 from tests.helpers import upload
 
 pytestmark = pytest.mark.integration
@@ -86,6 +86,22 @@ async def test_create(store: Store, redis_url: str) -> None:
     stats = await store.stats()
     assert stats.counters["created"] == 1
     assert stats.waiting == 1
+
+
+async def test_create_with_the_original_beside_the_script(
+    store: Store, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Large originals go in a SET in the create's MULTI (small ones here, so that both copies
+    # of the transaction reach Redis before the first connection gives up): it runs twice.
+    monkeypatch.setattr(core, "_SET_BESIDE_BYTES", 8)
+    task = await run_twice(redis_url, lambda: store.create_task(upload(b"beside the script")))
+    assert task.status is TaskStatus.WAITING
+    stats = await store.stats()
+    assert (stats.counters["created"], stats.waiting) == (1, 1)
+    assert await store.take(1) == task.id
+    claim = await store.claim(task.id, "w1")
+    assert claim is not None
+    assert claim.original == b"beside the script"
 
 
 async def test_claim(store: Store, redis_url: str) -> None:

@@ -467,7 +467,7 @@ _CLI_WITHOUT_SERVER = r"""
 import sys
 
 BLOCKED = (
-    "redis", "hiredis", "PIL", "numpy", "numba", "imagecodecs", "prometheus_client",
+    "redis", "hiredis", "PIL", "numpy", "numba", "pyspng", "deflate", "prometheus_client",
     "resizer.api", "resizer.worker", "resizer.store", "resizer.imaging", "resizer.recovery",
     "resizer.embedded", "resizer.processes", "resizer.pngdecode", "resizer.cmyk",
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 
 import attrs
 import pytest
@@ -62,6 +63,28 @@ async def test_create_stores_task_and_original_atomically_and_queues_it(fake_sto
     ttl_ms = fake_store.settings.ttl_seconds * 1000
     for key in (task_key(task.id), blob_key(stored.digest)):
         assert 0 < await fake_store.redis.pttl(key) <= ttl_ms
+
+
+async def test_a_large_original_goes_beside_the_script_and_comes_back_whole(
+    fake_store: Store,
+) -> None:
+    # Over 1 MiB: a plain SET in the create's MULTI, a plain GET after the claim.
+    data = os.urandom(3 * 1024 * 1024)
+    task = await fake_store.create_task(upload(data))
+    again = await fake_store.create_task(upload(data))  # the same bytes: joins, stored once
+    assert (task.status, again.status) == (TaskStatus.WAITING, TaskStatus.WAITING)
+    _, original = await fake_store.get_task_and_image(again.id, ImageSize.ORIGINAL)
+    assert original == data
+    stored = await fake_store.get_task(task.id)
+    assert stored is not None
+    ttl_ms = fake_store.settings.ttl_seconds * 1000
+    assert 0 < await fake_store.redis.pttl(blob_key(stored.digest)) <= ttl_ms
+    claim = await take_and_claim(fake_store)
+    assert (claim.task_id, claim.original) == (task.id, data)
+    assert await fake_store.complete(claim, "png", IMAGES) is True
+    joined = await fake_store.get_task(again.id)
+    assert joined is not None
+    assert joined.status is TaskStatus.DONE
 
 
 async def test_unknown_task_is_none(fake_store: Store) -> None:

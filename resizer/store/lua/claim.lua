@@ -4,7 +4,9 @@
 -- KEYS: task, processing, leases, claim_waits
 -- ARGV: id, token, lease_ms, worker, partition tag, then the claim-wait histogram's bucket
 --       bounds in ms, ascending
--- Returns {attempt, digest, original or false}, or 0 when the id is not claimable (its task
+-- Returns {attempt, digest, original or false}, {attempt, digest, false, 1} when the original
+-- is over 1 MiB (the worker reads it with a plain GET: through the script it would be copied
+-- twice more while Redis serves no one else), or 0 when the id is not claimable (its task
 -- expired or was deleted, or this is a stale second delivery): one copy of it is dropped.
 local task, processing, leases = KEYS[1], KEYS[2], KEYS[3]
 local id, token, tag = ARGV[1], ARGV[2], ARGV[5]
@@ -12,7 +14,9 @@ local status, held, attempts, digest, created = unpack(
   redis.call('HMGET', task, 'status', 'token', 'attempts', 'digest', 'created_at'))
 
 local function claimed(attempt)
-  return {attempt, digest, redis.call('GET', tag .. ':blob:' .. digest)}
+  local blob = tag .. ':blob:' .. digest
+  if redis.call('STRLEN', blob) > 1048576 then return {attempt, digest, false, 1} end
+  return {attempt, digest, redis.call('GET', blob)}
 end
 
 -- Sent twice after a lost reply: the same claim, not a second attempt.

@@ -2,8 +2,8 @@
 -- Store a task and its original (once per content), and queue it, join the task in flight for
 -- the same bytes, or finish it at once when they were resized before.
 -- KEYS: task, blob, content, waiting, stats
--- ARGV: id, ttl_ms, format, width, height, image bytes, digest, partition tag, wake channel,
---       original_ttl_ms
+-- ARGV: id, ttl_ms, format, width, height, image bytes (empty when a SET in the same MULTI
+--       wrote them: see Store.create_task), digest, partition tag, wake channel, original_ttl_ms
 -- Returns {created_at, outcome}: 'queued', 'joined' or 'done'.
 local task, blob, content, waiting, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local id, ttl, tag, wake = ARGV[1], tonumber(ARGV[2]), ARGV[8], ARGV[9]
