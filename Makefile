@@ -15,8 +15,10 @@ $(POETRY):
 	$(PYTHON) -m venv $(TOOLS)/poetry
 	$(TOOLS)/poetry/bin/pip install --quiet "poetry==$(POETRY_VERSION)"
 
+# --compile: poetry writes no bytecode by default; where PYTHONDONTWRITEBYTECODE is set, every
+# process the tests start would compile each module it imports again.
 $(VENV)/.installed: $(POETRY) pyproject.toml poetry.lock
-	$(POETRY) install --quiet --extras embedded
+	$(POETRY) install --quiet --extras embedded --compile
 	touch $@
 
 venv: $(VENV)/.installed ## install the project and its tools into .venv
@@ -32,7 +34,7 @@ test: venv ## run the test suite (unit on fakeredis, integration on a real Redis
 # RESIZER_BASELINE=/path/to/a/checkout (with its own `make venv`) runs the baseline's code beside
 # ours in the sections that compare with it; without it they print its recorded figures.
 bench: venv ## benchmark: kernel vs naive Pillow and pyvips, end to end, API, memory
-	$(POETRY) install --quiet --extras embedded --with bench
+	$(POETRY) install --quiet --extras embedded --with bench --compile
 	$(RUN) python -m bench.run
 
 lint: venv lint-deploy ## ruff check, ruff format --check, mypy --strict, the import rule, lint-deploy

@@ -1,3 +1,30 @@
-from resizer.cli import main
+"""The ``resizer`` command: a service role's plain command line runs without typer
+(``resizer.roles``), every other one is typer's (``resizer.cli``)."""
 
-main()
+from __future__ import annotations
+
+import sys
+
+from resizer import roles
+
+
+def main() -> None:
+    run = roles.service_role(sys.argv[1:])
+    if run is None:
+        from resizer.cli import main as typer_main
+
+        typer_main()
+        return
+    # structlog imports rich's traceback module whenever rich is installed (typer depends on
+    # it): ~3 MB and ~20 ms of every service process, for nothing, as logs.py renders exceptions
+    # itself. A service process never imports typer, so it can do without rich altogether.
+    sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
+    try:
+        run()
+    except KeyboardInterrupt:
+        sys.stderr.write("Aborted!\n")  # as click says it
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,5 +1,9 @@
 """The ``resizer`` command. Sync on the outside (typer), ``asyncio.run`` inside.
 
+``resizer.__main__`` runs a service role's plain command line through ``resizer.roles`` without
+building this app; every other command line comes here, and the service commands here call the
+same runners.
+
 Service commands: serve, work, recover, up, healthcheck. Client commands: submit, status, fetch,
 delete; they read only the client settings and talk to the server through ``AsyncClient``.
 """
@@ -11,7 +15,6 @@ import enum
 import inspect
 import json
 import os
-import re
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -22,7 +25,7 @@ import attrs
 import structlog
 import typer
 
-from resizer import __version__, logs
+from resizer import __version__, logs, roles
 from resizer.client import AsyncClient, Client, TaskFailed, WaitTimeout
 from resizer.client.batch import (
     DeleteItem,
@@ -48,21 +51,10 @@ from resizer.config import (
 )
 from resizer.errors import ResizerError, ServerUnreachable
 from resizer.models import ImageSize, QueueInfo, TaskView, converter
+from resizer.roles import ExitCode
 
 T = TypeVar("T")
-SERVE_HOST = "0.0.0.0"  # noqa: S104  (a container's API listens on every interface)
-SERVE_PORT = 8080
 log = structlog.get_logger("resizer.cli")
-
-
-class ExitCode(enum.IntEnum):
-    OK = 0
-    FAILED = 1
-    """A task FAILED, or an item was rejected, unknown or not written."""
-    USAGE = 2
-    """Bad arguments or configuration."""
-    UNREACHABLE = 3
-    """The server could not be reached."""
 
 
 EXIT_CODES = (
@@ -142,29 +134,14 @@ def _with_setting_flags(callback: Callable[..., None]) -> Callable[..., None]:
 app.callback()(_with_setting_flags(root))
 
 
-def _configured(load: Callable[[], T]) -> T:
-    """Settings, or the one line that says which value is wrong (exit code 2)."""
-    try:
-        return load()
-    except ConfigError as exc:
-        typer.echo(f"resizer: {exc}", err=True)
-        raise typer.Exit(ExitCode.USAGE) from None
-
-
 def _service_settings(ctx: typer.Context) -> Settings:
     obj: _Context = ctx.obj
-    return _settings_from(obj.flags)
-
-
-def _settings_from(flags: dict[str, str | None]) -> Settings:
-    settings = _configured(lambda: Settings.from_env(flags=flags))
-    logs.configure(settings.log_level, json=settings.log_format.json)
-    return settings
+    return roles.settings_from(obj.flags)
 
 
 def _client_settings(url: str | None) -> ClientSettings:
     logs.configure(LogLevel.WARNING, stream=sys.stderr)
-    return _configured(lambda: ClientSettings.from_env(flags={"url": url}))
+    return roles.configured(lambda: ClientSettings.from_env(flags={"url": url}))
 
 
 def _client(settings: ClientSettings) -> AsyncClient:
@@ -198,38 +175,15 @@ UrlOption = Annotated[
 # --- service commands ---------------------------------------------------------------------------
 
 
-def _serve(run: Callable[[], None]) -> None:
-    """Run a service; a refusal to run (ResizerError) is one line on stderr and its exit code.
-
-    Once it is done, the process ends at once: no stray thread (a name being resolved) holds it.
-    """
-    from resizer import memory, shutdown
-
-    memory.release_freed_memory()  # what importing the role left behind
-    try:
-        run()
-    except ResizerError as exc:
-        typer.echo(f"resizer: {exc.message}", err=True)
-        shutdown.exit_now(exc.exit_code)
-    shutdown.exit_now(0)
-
-
 @app.command()
 def serve(
     ctx: typer.Context,
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = SERVE_HOST,
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = SERVE_PORT,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = roles.SERVE_HOST,
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = roles.SERVE_PORT,
 ) -> None:
     """Run the JSON API.  Example: resizer serve --port 8080"""
     obj: _Context = ctx.obj
-    _serve_role(obj.flags, host, port)
-
-
-def _serve_role(flags: dict[str, str | None], host: str, port: int) -> None:
-    settings = _settings_from(flags)
-    from resizer.api import serve as run_server
-
-    _serve(lambda: run_server(settings, host, port))
+    roles.serve(obj.flags, host, port)
 
 
 CheckOption = Annotated[
@@ -240,17 +194,6 @@ CheckOption = Annotated[
         "recently, else 1 (a container's health check).",
     ),
 ]
-
-
-def _check(role: str, within: float) -> None:
-    from resizer import liveness
-
-    if liveness.is_alive(role, within):
-        raise typer.Exit(0)
-    typer.echo(
-        f"resizer: unhealthy: no {role} loop turned in the last {within:g} s on this host", err=True
-    )
-    raise typer.Exit(1)
 
 
 @app.command()
@@ -264,26 +207,7 @@ def work(
     Example: resizer work --processes 4;  health check: resizer work --check
     """
     obj: _Context = ctx.obj
-    _work_role(obj.flags, processes, check)
-
-
-def _work_role(flags: dict[str, str | None], processes: int, check: bool) -> None:
-    settings = _settings_from(flags)
-    if check:
-        # A worker shows it is alive every heartbeat, busy or idle, Redis up or not.
-        _check("work", 3 * settings.heartbeat_seconds)
-    if processes == 1:
-        from resizer.worker import serve_worker
-
-        _serve(lambda: asyncio.run(serve_worker(settings)))
-        return
-    from resizer.processes import Child, Supervisor, resizer_command
-
-    children = [
-        Child(f"worker-{i}", resizer_command("work"), stop_grace=settings.lease_seconds + 5)
-        for i in range(processes)
-    ]
-    raise typer.Exit(Supervisor(children, settings.to_env()).run())
+    roles.work(obj.flags, processes, check)
 
 
 @app.command()
@@ -300,18 +224,7 @@ def recover(
     Example: resizer recover --every 30;  health check: resizer recover --check
     """
     obj: _Context = ctx.obj
-    _recover_role(obj.flags, every, check)
-
-
-def _recover_role(flags: dict[str, str | None], every: float | None, check: bool) -> None:
-    settings = _settings_from(flags)
-    from resizer import liveness
-    from resizer.recovery import run_recovery
-
-    if check:
-        _check("recover", 3 * liveness.RECOVER_EVERY_SECONDS)
-
-    _serve(lambda: _run(run_recovery(settings, every)))
+    roles.recover(obj.flags, every, check)
 
 
 @app.command()
@@ -799,97 +712,6 @@ def delete(
     _exit_for([item.error for item in items])
 
 
-# --- the service roles without typer ------------------------------------------------------------
-
-# Building typer's command (a pydantic adapter per parameter) costs ~0.2 s and ~6 MB of every
-# process, and every replica of a service pays it at each start. A service role's command line
-# in its plain form (setting flags with their values, the role, its options) is run directly;
-# anything else (help, completion, a value typer would refuse or read differently) goes to typer
-# as before, so every message and exit code stays typer's.
-_ROLE_OPTIONS: dict[str, dict[str, str]] = {
-    "serve": {"--host": "text", "--port": "int"},
-    "work": {"--processes": "count", "--check": "flag"},
-    "recover": {"--every": "seconds", "--check": "flag"},
-}
-_SECONDS = re.compile(r"\d+(\.\d+)?")
-
-
-def _plain_options(
-    args: list[str], known: dict[str, str]
-) -> tuple[dict[str, str | None], list[str]] | None:
-    """Leading ``--name value`` / ``--name=value`` / ``--flag`` options of ``known`` kinds, and
-    the arguments after them; None for any other shape of option."""
-    found: dict[str, str | None] = {}
-    while args and args[0].startswith("-"):
-        name, eq, value = args[0].partition("=")
-        kind = known.get(name)
-        if kind is None or (kind == "flag" and eq):
-            return None
-        if kind == "flag":
-            found[name], args = None, args[1:]
-            continue
-        if not eq:
-            if len(args) < 2 or args[1].startswith("-"):
-                return None
-            value, args = args[1], args[1:]
-        found[name], args = value, args[1:]
-    return found, args
-
-
-def _plain_value(kind: str, value: str) -> object:
-    """``value`` read as typer reads an option of ``kind``; None when in any doubt."""
-    if kind == "text":
-        return value
-    if kind in ("int", "count") and value.isascii() and value.isdigit():
-        number = int(value)
-        return number if kind == "int" or number >= 1 else None
-    if kind == "seconds" and _SECONDS.fullmatch(value) and float(value) >= 0.1:
-        return float(value)
-    return None
-
-
-def _service_role(args: list[str]) -> Callable[[], None] | None:
-    """The run of a service role from its plain command line, or None."""
-    flags: dict[str, str | None] = {f.name: None for f, spec in specs(Settings) if spec.flag}
-    by_flag = {flag_name(name): "text" for name in flags}
-    parsed = _plain_options(args, by_flag)
-    if parsed is None or not parsed[1] or parsed[1][0] not in _ROLE_OPTIONS:
-        return None
-    given, (role, *rest) = parsed
-    for flag, value in given.items():
-        flags[flag.removeprefix("--").replace("-", "_")] = value
-    options = _plain_options(rest, _ROLE_OPTIONS[role])
-    if options is None or options[1]:
-        return None
-    values: dict[str, object] = {}
-    for name, value in options[0].items():
-        kind = _ROLE_OPTIONS[role][name]
-        read = True if kind == "flag" else None if value is None else _plain_value(kind, value)
-        if read is None:
-            return None
-        values[name.removeprefix("--")] = read
-    if role == "serve":
-        host = str(values.get("host", SERVE_HOST))
-        port = int(str(values.get("port", SERVE_PORT)))
-        return lambda: _serve_role(flags, host, port)
-    check = bool(values.get("check", False))
-    if role == "work":
-        processes = int(str(values.get("processes", 1)))
-        return lambda: _work_role(flags, processes, check)
-    every = values.get("every")
-    seconds = None if every is None else float(str(every))
-    return lambda: _recover_role(flags, seconds, check)
-
-
 def main() -> None:
-    run = _service_role(sys.argv[1:])
-    if run is None:
-        app()
-        return
-    try:
-        run()
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        typer.echo("Aborted!", err=True)  # as click says it
-        sys.exit(1)
+    """The typer app; ``resizer.__main__`` runs a service role's plain command line before it."""
+    app()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from resizer import cli
+from resizer import roles
 
 
 @pytest.mark.parametrize(
@@ -22,7 +22,7 @@ from resizer import cli
     ],
 )
 def test_plain_service_command_lines_run_without_typer(args: list[str]) -> None:
-    assert cli._service_role(args) is not None
+    assert roles.service_role(args) is not None
 
 
 @pytest.mark.parametrize(
@@ -48,15 +48,15 @@ def test_plain_service_command_lines_run_without_typer(args: list[str]) -> None:
     ],
 )
 def test_everything_else_goes_to_typer(args: list[str]) -> None:
-    assert cli._service_role(args) is None
+    assert roles.service_role(args) is None
 
 
 def test_a_plain_command_line_reaches_the_role_with_its_values(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     seen: list[object] = []
-    monkeypatch.setattr(cli, "_serve_role", lambda *args: seen.extend(args))
-    run = cli._service_role(["--redis-url=redis://r:1/0", "serve", "--port", "9000"])
+    monkeypatch.setattr(roles, "serve", lambda *args: seen.extend(args))
+    run = roles.service_role(["--redis-url=redis://r:1/0", "serve", "--port", "9000"])
     assert run is not None
     run()
     flags, host, port = seen

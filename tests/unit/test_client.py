@@ -481,7 +481,7 @@ class Blocker:
 
 
 sys.meta_path.insert(0, Blocker())
-from resizer.cli import main
+from resizer.__main__ import main
 
 sys.argv = ["resizer", *sys.argv[1:]]
 main()
