@@ -11,7 +11,8 @@
   Every module is compiled beforehand, the package's too, as in the image: under
   ``PYTHONDONTWRITEBYTECODE`` (the image sets it) a process would otherwise compile each module
   it imports at every start, which triples a start time and is not what a deployment pays.
-- ``resizer --help``: wall time, median of ``RUNS``.
+- ``resizer --help`` and ``resizer work --check`` (a worker container's health probe, run every
+  15 s): wall time, median of ``RUNS`` + 2.
 
 Venvs are made under a temporary directory and removed afterwards; poetry installs from its
 cache, so this takes seconds, not a download.
@@ -50,6 +51,7 @@ class Footprint:
     rss_mb: dict[str, float]
     start_s: dict[str, float]
     help_s: float
+    check_s: float | None  # a worker container's health probe; None where there is none
 
 
 def du_mb(path: Path) -> float:
@@ -166,17 +168,28 @@ def measure(target: Target) -> Footprint:
                 check=True,
             )
             helps.append(time.monotonic() - began)
-    return Footprint(runtime, biggest, rss, start, statistics.median(helps))
+        checks = []
+        for _ in range(RUNS + 2):
+            began = time.monotonic()
+            done = subprocess.run(
+                [str(venv / "bin" / "resizer"), "work", "--check"],
+                env=target.env(),
+                capture_output=True,
+            )
+            checks.append(time.monotonic() - began)
+        # 0 or 1 is a verdict (no worker runs here: 1); anything else, no such probe.
+        check = statistics.median(checks) if done.returncode in (0, 1) else None
+    return Footprint(runtime, biggest, rss, start, statistics.median(helps), check)
 
 
 def footprint(compared: Sequence[Target]) -> list[str]:
     lines = [
-        "7. footprint: runtime venv (poetry install --only main, no extras; site-packages without"
-        " pip/setuptools, plus the package source), idle RSS after"
+        "7. footprint: runtime venv (poetry install --only main --compile, no extras; site-packages"
+        " without pip/setuptools, plus the package source), idle RSS after"
         f" {IDLE_SECONDS:g} s and start time (serve: to /health 200; work, recover: to the first"
         f" line written), median of {RUNS}, from that venv against a real Redis",
         f"{'target':8} {'runtime MB':>10} {'serve MB':>8} {'serve s':>7} {'work MB':>7}"
-        f" {'work s':>6} {'recover MB':>10} {'recover s':>9} {'--help s':>8}",
+        f" {'work s':>6} {'recover MB':>10} {'recover s':>9} {'--help s':>8} {'check s':>7}",
     ]
     found: dict[str, Footprint] = {}
     for target in compared:
@@ -185,6 +198,7 @@ def footprint(compared: Sequence[Target]) -> list[str]:
             f"{target.name:8} {each.runtime_mb:10.1f} {each.rss_mb['serve']:8.1f}"
             f" {each.start_s['serve']:7.2f} {each.rss_mb['work']:7.1f} {each.start_s['work']:6.2f}"
             f" {each.rss_mb['recover']:10.1f} {each.start_s['recover']:9.2f} {each.help_s:8.2f}"
+            f" {'-' if each.check_s is None else f'{each.check_s:.2f}':>7}"
         )
         lines.append(
             "         largest: " + ", ".join(f"{name} {mb:.1f}" for name, mb in each.biggest)

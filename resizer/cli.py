@@ -26,7 +26,7 @@ import structlog
 import typer
 
 from resizer import __version__, logs, roles
-from resizer.client import AsyncClient, Client, TaskFailed, WaitTimeout
+from resizer.client import AsyncClient, TaskFailed, WaitTimeout
 from resizer.client.batch import (
     DeleteItem,
     FetchItem,
@@ -40,7 +40,6 @@ from resizer.client.batch import (
 from resizer.client.files import file_name, write_file
 from resizer.config import (
     ClientSettings,
-    ConfigError,
     LogLevel,
     Settings,
     flag_name,
@@ -307,42 +306,23 @@ def up(
     raise typer.Exit(code)
 
 
-class Role(enum.StrEnum):
-    WEB = "web"
-    AUTO = "auto"
-
-
 @app.command()
 def healthcheck(
     url: UrlOption = None,
     role: Annotated[
-        Role,
+        roles.HealthRole,
         typer.Option(
             help="web: the server's /health answers 200. auto: a worker or recover loop on "
             "this host turned recently, else as web (one check for an image that runs every "
             "role)."
         ),
-    ] = Role.WEB,
+    ] = roles.HealthRole.WEB,
 ) -> None:
     """Exit 0 when healthy, else 1 (Docker's HEALTHCHECK convention).
 
     Example: resizer healthcheck --url http://127.0.0.1:8080;  resizer healthcheck --role auto
     """
-    from resizer import liveness
-
-    if role is Role.AUTO:
-        lease = Settings.from_env().lease_seconds if "RESIZER_LEASE_SECONDS" in os.environ else 30
-        for each, within in (("work", lease), ("recover", 3 * liveness.RECOVER_EVERY_SECONDS)):
-            if liveness.is_alive(each, within):
-                raise typer.Exit(0)
-    try:
-        settings = ClientSettings.from_env(flags={"url": url})
-        with Client(settings.url, token=settings.api_token, timeout=3) as client:
-            healthy = client.health()
-    except (ConfigError, ResizerError) as exc:
-        typer.echo(f"resizer: unhealthy: {exc}", err=True)
-        raise typer.Exit(1) from None
-    raise typer.Exit(0 if healthy else 1)
+    roles.healthcheck(url, role)
 
 
 @app.command()

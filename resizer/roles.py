@@ -1,23 +1,25 @@
-"""The service roles (serve, work, recover) as the ``resizer`` command runs them, without typer.
+"""The service roles (serve, work, recover) and the health check as the ``resizer`` command runs
+them, without typer.
 
 Every replica of a service starts through here, and so does every container health check
-(``resizer work --check``): building typer's command (a pydantic adapter per parameter, rich for
-its help) would cost each of them more than the role's own imports. A service role's command
-line in its plain form (setting flags with their values, the role, its options) runs from
-``service_role``; anything else (help, completion, ``up``, the client commands, a value typer
-would refuse or read differently) goes to typer (``resizer.cli``), which calls the same runners,
-so every message and exit code stays the same either way.
+(``resizer work --check``, ``resizer healthcheck``): building typer's command (a pydantic
+adapter per parameter, rich for its help) would cost each of them more than the role's own
+imports. A plain command line (setting flags with their values, the role, its options) runs
+from ``service_role``; anything else (help, completion, ``up``, the client commands, a value
+typer would refuse or read differently) goes to typer (``resizer.cli``), which calls the same
+runners, so every message and exit code stays the same either way.
 """
 
 from __future__ import annotations
 
 import enum
+import os
 import re
 import sys
 from collections.abc import Callable
 from typing import NoReturn, TypeVar
 
-from resizer.config import ConfigError, Settings, flag_name, specs
+from resizer.config import ClientSettings, ConfigError, Settings, flag_name, specs
 from resizer.errors import ResizerError
 
 T = TypeVar("T")
@@ -125,12 +127,40 @@ def recover(flags: dict[str, str | None], every: float | None, check_only: bool)
     run_service(lambda: asyncio.run(run_recovery(settings, every)))
 
 
+class HealthRole(enum.StrEnum):
+    WEB = "web"
+    AUTO = "auto"
+
+
+def healthcheck(url: str | None, role: HealthRole) -> NoReturn:
+    """Exit 0 when healthy, else 1 (Docker's HEALTHCHECK convention)."""
+    from resizer import liveness
+
+    try:
+        if role is HealthRole.AUTO:
+            lease = (
+                Settings.from_env().lease_seconds if "RESIZER_LEASE_SECONDS" in os.environ else 30
+            )
+            for each, within in (("work", lease), ("recover", 3 * liveness.RECOVER_EVERY_SECONDS)):
+                if liveness.is_alive(each, within):
+                    raise SystemExit(0)
+        settings = ClientSettings.from_env(flags={"url": url})
+        from resizer.client import Client
+
+        with Client(settings.url, token=settings.api_token, timeout=3) as client:
+            healthy = client.health()
+    except (ConfigError, ResizerError) as exc:
+        fail(f"unhealthy: {exc}", 1)
+    raise SystemExit(0 if healthy else 1)
+
+
 # --- the plain command lines ----------------------------------------------------------------------
 
 _ROLE_OPTIONS: dict[str, dict[str, str]] = {
     "serve": {"--host": "text", "--port": "int"},
     "work": {"--processes": "count", "--check": "flag"},
     "recover": {"--every": "seconds", "--check": "flag"},
+    "healthcheck": {"--url": "text", "--role": "health role"},
 }
 _SECONDS = re.compile(r"\d+(\.\d+)?")
 
@@ -166,6 +196,8 @@ def _plain_value(kind: str, value: str) -> object:
         return number if kind == "int" or number >= 1 else None
     if kind == "seconds" and _SECONDS.fullmatch(value) and float(value) >= 0.1:
         return float(value)
+    if kind == "health role" and value in tuple(HealthRole):
+        return HealthRole(value)
     return None
 
 
@@ -193,6 +225,10 @@ def service_role(args: list[str]) -> Callable[[], None] | None:
         host = str(values.get("host", SERVE_HOST))
         port = int(str(values.get("port", SERVE_PORT)))
         return lambda: serve(flags, host, port)
+    if role == "healthcheck":
+        url = values.get("url")
+        health = HealthRole(str(values.get("role", HealthRole.WEB)))
+        return lambda: healthcheck(None if url is None else str(url), health)
     check_only = bool(values.get("check", False))
     if role == "work":
         processes = int(str(values.get("processes", 1)))

@@ -18,6 +18,9 @@ from resizer import roles
         ["work", "--processes", "2", "--check"],
         ["recover", "--every", "30"],
         ["recover", "--every=0.5", "--check"],
+        ["healthcheck"],
+        ["healthcheck", "--role", "auto"],
+        ["healthcheck", "--url=http://127.0.0.1:1", "--role=web"],
         ["--log-level", "verbose", "serve"],  # the settings refuse it, in the same words
     ],
 )
@@ -41,6 +44,9 @@ def test_plain_service_command_lines_run_without_typer(args: list[str]) -> None:
         ["work", "--check=1"],
         ["recover", "--every", "0.05"],
         ["recover", "--every", "1e3"],
+        ["healthcheck", "--role", "worker"],
+        ["healthcheck", "--role", "AUTO"],
+        ["healthcheck", "--check"],
         ["--bogus", "1", "serve"],
         ["--redis-url", "-x", "serve"],
         ["up"],
