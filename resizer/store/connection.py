@@ -19,13 +19,14 @@ TLS takes redis-py's options as query parameters: ``ssl_ca_certs``, ``ssl_certfi
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from typing import Any, Final, TypeAlias
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis.asyncio as aioredis
 import redis.exceptions
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.connection import BlockingConnectionPool
+from redis.asyncio.connection import AbstractConnection, BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
@@ -81,6 +82,41 @@ def _retry() -> Retry:
     return Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2)
 
 
+WRITE_SLICE: Final = 1 << 20
+
+
+class _SlicedWrites(AbstractConnection):
+    """Sends a command's large arguments (an original of several MB) a slice at a time, letting
+    the event loop run between slices. redis-py hands the whole command to the transport at
+    once, which joins it into one buffer and copies what the socket did not take: for a 19 MB
+    original, 5-20 ms in which the process serves nobody else."""
+
+    async def _send_packed_command(self, command: Iterable[bytes]) -> None:
+        writer = self._writer
+        assert writer is not None
+        for chunk in command:
+            if len(chunk) <= WRITE_SLICE:
+                writer.write(chunk)
+                continue
+            view = memoryview(chunk)
+            for start in range(0, len(view), WRITE_SLICE):
+                writer.write(view[start : start + WRITE_SLICE])
+                await writer.drain()
+        await writer.drain()
+
+
+_SLICED: dict[type[AbstractConnection], type[AbstractConnection]] = {}
+
+
+def _sliced(connection_class: type[AbstractConnection]) -> type[AbstractConnection]:
+    """``connection_class`` (plain, TLS, Unix socket, Sentinel's) writing in slices."""
+    found = _SLICED.get(connection_class)
+    if found is None:
+        name = f"Sliced{connection_class.__name__}"
+        found = _SLICED[connection_class] = type(name, (_SlicedWrites, connection_class), {})
+    return found
+
+
 def client_for(url: str, *, socket_timeout: float = 5.0) -> Client:
     """A client whose every call is bounded in time, so an outage is an error, not a hang.
 
@@ -101,6 +137,7 @@ def client_for(url: str, *, socket_timeout: float = 5.0) -> Client:
         health_check_interval=15,
         retry=_retry(),
     )
+    pool.connection_class = _sliced(pool.connection_class)
     return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
 
 
@@ -259,6 +296,8 @@ def _sentinel(url: str, socket_timeout: float) -> aioredis.Redis:
         **bounded,
         **tls,
     )
+    pool = client.connection_pool
+    pool.connection_class = _sliced(pool.connection_class)
     return client
 
 
