@@ -536,7 +536,10 @@ def make_app(settings: Settings, store: Store | None = None) -> web.Application:
             except REDIS_DOWN as exc:
                 # Workers and recovery check it too once Redis answers; the API need not wait.
                 log.warning("redis.policy_unchecked", error=str(exc))
-            completions = Completions(app[STORE].redis, app[STORE].finished_channels)
+            store_ = app[STORE]
+            completions = Completions(
+                store_.redis, lambda: store_.finished_channels, store_.sharded_pubsub
+            )
             await completions.start()
             stack.push_async_callback(completions.stop)
             app[COMPLETIONS] = completions

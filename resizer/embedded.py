@@ -83,8 +83,10 @@ class RedisServer:
         *,
         persistent: bool = False,
         maxmemory: int | None = None,
+        binary: str | None = None,
     ) -> None:
         self.port = port or free_port()
+        self.binary = binary
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if directory is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="resizer-redis-")
@@ -114,7 +116,7 @@ class RedisServer:
             else []
         )
         return [
-            server_binary(),
+            self.binary or server_binary(),
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--dir", str(self.directory),

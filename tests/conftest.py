@@ -10,7 +10,7 @@ import redis
 from resizer.config import Settings
 from resizer.embedded import RedisServer
 from resizer.store import Store, client_for
-from tests.topologies import LocalCluster, LocalSentinel
+from tests.topologies import LocalCluster, LocalSentinel, redis7_binary
 
 CLUSTER_PARTITIONS = 16
 """Partitions the tests use on the cluster: spread over its three primaries."""
@@ -20,14 +20,18 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "topologies(*names): run the test against each Redis named: single, cluster, sentinel "
-        "(default: single)",
+        "(default: single); cluster runs on Redis 6.2 (plain pub/sub) and, where there is a "
+        "Redis >= 7, again as cluster7 (sharded pub/sub)",
     )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     marker = metafunc.definition.get_closest_marker("topologies")
     if marker is not None and "topology" in metafunc.fixturenames:
-        metafunc.parametrize("topology", marker.args, indirect=True)
+        names = [
+            n for name in marker.args for n in ([name, "cluster7"] if name == "cluster" else [name])
+        ]
+        metafunc.parametrize("topology", names, indirect=True)
 
 
 @attrs.frozen
@@ -72,6 +76,19 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClu
 
 
 @pytest.fixture(scope="session")
+def redis_cluster7(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """The same cluster from a Redis >= 7 (sharded pub/sub); skips the test where there is none."""
+    binary = redis7_binary()
+    if binary is None:
+        pytest.skip("no redis-server >= 7 (install Debian's redis-server, or RESIZER_TEST_REDIS7)")
+    cluster = LocalCluster(tmp_path_factory.mktemp("cluster7"), binary=binary)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
 def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSentinel]:
     """A primary, its replica and three sentinels, for the whole run."""
     setup = LocalSentinel(tmp_path_factory.mktemp("sentinel"))
@@ -85,8 +102,8 @@ def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSe
 def topology(request: pytest.FixtureRequest) -> Topology:
     """The Redis of the test (``single`` unless marked ``topologies``), emptied before it."""
     name = getattr(request, "param", "single")
-    if name == "cluster":
-        cluster: LocalCluster = request.getfixturevalue("redis_cluster")
+    if name in ("cluster", "cluster7"):
+        cluster: LocalCluster = request.getfixturevalue(f"redis_{name}")
         cluster.flush()
         return Topology(name, cluster.url, CLUSTER_PARTITIONS)
     if name == "sentinel":
@@ -99,6 +116,14 @@ def topology(request: pytest.FixtureRequest) -> Topology:
     client.flushall()
     client.close()
     return Topology(name, server.url)
+
+
+@pytest.fixture
+def topology_cluster(topology: Topology, request: pytest.FixtureRequest) -> LocalCluster:
+    """The cluster of a test marked for cluster topologies."""
+    assert topology.name in ("cluster", "cluster7"), topology.name
+    cluster: LocalCluster = request.getfixturevalue(f"redis_{topology.name}")
+    return cluster
 
 
 @pytest.fixture

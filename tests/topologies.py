@@ -1,11 +1,18 @@
 """Real Redis topologies for the tests, from the same ``redis-server`` binary as everything else:
 a Redis Cluster (primaries with a replica each) and a Sentinel setup (a primary, a replica, three
 sentinels). Each process has its own port and its own directory; no Docker, no redis-cli.
+
+The cluster runs a second time from a Redis >= 7 where there is one (``redis7_binary``), for
+sharded pub/sub: the embedded binary is Redis 6.2, which has none.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 import random
+import re
+import shutil
 import socket
 import subprocess
 import time
@@ -19,6 +26,21 @@ from resizer.processes import spawn, stop_process
 SLOTS = 16384
 CLUSTER_BUS_OFFSET = 10000
 SENTINEL_SERVICE = "mymaster"
+
+
+@functools.cache
+def redis7_binary() -> str | None:
+    """A ``redis-server`` of version 7 or later: ``RESIZER_TEST_REDIS7``, or the one on PATH
+    (Debian's and Ubuntu's ``redis-server`` package; `.ci/run` installs it); None if neither."""
+    found = os.environ.get("RESIZER_TEST_REDIS7") or shutil.which("redis-server")
+    if not found:
+        return None
+    try:
+        out = subprocess.run([found, "--version"], capture_output=True, text=True, timeout=10)
+    except OSError:
+        return None
+    version = re.search(r"v=(\d+)\.", out.stdout)
+    return found if version is not None and int(version.group(1)) >= 7 else None
 
 
 def _free(port: int) -> bool:
@@ -60,7 +82,13 @@ class LocalCluster:
     (``cluster-require-full-coverage no``).
     """
 
-    def __init__(self, directory: Path, primaries: int = 3, node_timeout_ms: int = 1000) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        primaries: int = 3,
+        node_timeout_ms: int = 1000,
+        binary: str | None = None,
+    ) -> None:
         self.directory = directory
         self.node_timeout_ms = node_timeout_ms
         self.primaries: list[RedisServer] = []
@@ -73,6 +101,7 @@ class LocalCluster:
                     RedisServer(
                         port=cluster_port(),
                         directory=where,
+                        binary=binary,
                         extra_args=[
                             "--cluster-enabled", "yes",
                             "--cluster-config-file", "nodes.conf",

@@ -106,6 +106,8 @@ class Store:
         self.settings = settings
         self.partitions = [keys.partition(i) for i in range(settings.partitions)]
         self._cluster = is_cluster(client)
+        # Sharded pub/sub is a cluster's, and needs Redis >= 7 on every primary: asked once.
+        self._sharded: bool | None = None if self._cluster else False
         self._create = Script(client, "create")
         self._claim = Script(client, "claim")
         self._renew = Script(client, "renew")
@@ -116,7 +118,16 @@ class Store:
         self._adopt = Script(client, "adopt")
         self._delete = Script(client, "delete")
         self._announce = Script(client, "announce")
-        self._scripts = [
+        self._turn = 0
+        self._work: Signal | None = None
+        # Partitions that may hold waiting ids, as far as this process knows (``take``).
+        self._dirty = set(range(len(self.partitions)))
+        self._rescan_at = 0.0
+        self._announce_at = 0.0
+
+    @property
+    def _scripts(self) -> list[Script]:
+        return [
             self._create,
             self._claim,
             self._renew,
@@ -128,12 +139,6 @@ class Store:
             self._delete,
             self._announce,
         ]
-        self._turn = 0
-        self._work: Signal | None = None
-        # Partitions that may hold waiting ids, as far as this process knows (``take``).
-        self._dirty = set(range(len(self.partitions)))
-        self._rescan_at = 0.0
-        self._announce_at = 0.0
 
     @property
     def finished_channels(self) -> list[str]:
@@ -141,9 +146,28 @@ class Store:
         return [part.finished for part in self.partitions]
 
     @property
-    def _wake_channel(self) -> str:
+    def work_channels(self) -> list[str]:
+        """The channels that announce queued work: one, or one per partition (shard channels)."""
+        return [part.work for part in self.partitions] if self._sharded else [keys.WORK_CHANNEL]
+
+    def _wake_channel(self, part: Partition) -> str:
         # One partition needs no wake-up: workers block on its list.
-        return keys.WORK_CHANNEL if len(self.partitions) > 1 else ""
+        if len(self.partitions) == 1:
+            return ""
+        return part.work if self._sharded else keys.WORK_CHANNEL
+
+    async def sharded_pubsub(self) -> bool:
+        """Whether tasks are announced on shard channels (SPUBLISH, SSUBSCRIBE): on a Redis
+        Cluster whose primaries all have them (Redis >= 7). Plain pub/sub would carry every
+        message over the cluster bus to every node."""
+        if self._sharded is None:
+            infos = await every_primary(self.redis, "INFO", "server")
+            sharded = all(_major_version(info) >= 7 for info in infos)
+            if sharded:
+                for name in ("create", "complete", "release", "recover"):
+                    setattr(self, f"_{name}", Script(self.redis, name, sharded=True))
+            self._sharded = sharded
+        return self._sharded
 
     async def _serve_announced(self) -> None:
         """Announce this process's partition count, and serve the highest any process announced:
@@ -154,9 +178,13 @@ class Store:
         self._announce_at = time.monotonic() + RESCAN_SECONDS
 
     def _serve(self, count: int) -> None:
+        grown = False
         for index in range(len(self.partitions), min(count, keys.MAX_PARTITIONS)):
             self.partitions.append(keys.partition(index))
             self._dirty.add(index)
+            grown = True
+        if grown and self._sharded and self._work is not None:
+            self._work.resubscribe()  # the new partitions' work channels
 
     @property
     def _original_ttl_ms(self) -> int:
@@ -189,6 +217,7 @@ class Store:
         """
         if time.monotonic() >= self._announce_at:
             await self._serve_announced()
+        await self.sharded_pubsub()
         part = self._of_digest(upload.digest)
         task_id = task_id or keys.new_task_id(part.index)
         ttl_ms = self.settings.ttl_seconds * 1000
@@ -211,7 +240,7 @@ class Store:
             b"" if large else upload.data,
             upload.digest,
             part.tag,
-            self._wake_channel,
+            self._wake_channel(part),
             self._original_ttl_ms,
         ]
         if large:
@@ -335,7 +364,7 @@ class Store:
         # work: a message adds its partition, an LMOVE that finds nothing removes it. A take
         # looks at them from a different first partition each time, so none starves.
         if self._work is None:
-            self._work = Signal(self.redis, keys.WORK_CHANNEL)
+            self._work = Signal(self.redis, lambda: self.work_channels, self.sharded_pubsub)
             await self._work.start()
         deadline = time.monotonic() + timeout
         self._turn += 1
@@ -430,6 +459,7 @@ class Store:
         Every task that joined this one (same bytes) is DONE with it. ``seconds`` (the
         processing time) goes into the shared duration histogram.
         """
+        await self.sharded_pubsub()
         part = self._part(claim.task_id)
         sizes = sorted(images, reverse=True)
         bucket = next((str(le) for le in DURATION_BUCKETS if seconds <= le), "+Inf")
@@ -470,6 +500,7 @@ class Store:
         return await self._release_claim(claim, reason, fatal=False)
 
     async def _release_claim(self, claim: Claim, reason: str, *, fatal: bool) -> str:
+        await self.sharded_pubsub()
         part = self._part(claim.task_id)
         outcome = await self._release(
             keys=[
@@ -490,7 +521,7 @@ class Store:
                 int(fatal),
                 self.settings.max_attempts,
                 self.settings.failed_ttl_seconds * 1000,
-                self._wake_channel,
+                self._wake_channel(part),
                 part.tag,
             ],
         )
@@ -506,6 +537,7 @@ class Store:
         return report
 
     async def _recover_partition(self, part: Partition, batch: int, report: RecoveryReport) -> None:
+        await self.sharded_pubsub()
         lease_ms = self.settings.lease_seconds * 1000
         expired, unleased, waiting = await self._expired(
             keys=[part.leases, part.processing, part.waiting], args=[batch]
@@ -540,7 +572,7 @@ class Store:
                             self.settings.max_attempts,
                             self.settings.failed_ttl_seconds * 1000,
                             part.tag,
-                            self._wake_channel,
+                            self._wake_channel(part),
                         ],
                     )
                 )
@@ -674,6 +706,7 @@ class Store:
 
     async def load_scripts(self) -> None:
         """Load every script into Redis, so no request pays for a script's first call."""
+        await self.sharded_pubsub()
         for script in self._scripts:
             await script.load()
 
@@ -770,6 +803,11 @@ def _task_from_hash(task_id: str, fields: dict[Any, Any]) -> Task:
         result_format=_decode(fields.get(b"result_format")),
         leader=_decode(fields.get(b"leader")),
     )
+
+
+def _major_version(info: dict[str, Any]) -> int:
+    version = str(info.get("redis_version", "0"))
+    return int(version.partition(".")[0] or 0) if version[:1].isdigit() else 0
 
 
 @asynccontextmanager

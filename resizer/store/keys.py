@@ -31,6 +31,9 @@ key (``{T}`` is the partition tag)  type    what
                                             FAILED (tasks that joined it finish with it)
 ``resizer:work``                    pubsub  the tag of the partition of every task queued
                                             (wakes idle workers when there is more than one)
+``{T}:work``                        pubsub  the same, per partition, on a Redis Cluster whose
+                                            primaries have sharded pub/sub (Redis >= 7), where
+                                            both channels are shard channels (SPUBLISH)
 ``resizer:partitions``              string  the highest partition count tasks were created
                                             with: workers and recovery serve that many
 ``{resizer}:workers``               zset    worker name -> last heartbeat (ms)
@@ -113,6 +116,10 @@ class Partition:
     @property
     def finished(self) -> str:
         return f"{self.tag}:finished"
+
+    @property
+    def work(self) -> str:
+        return f"{self.tag}:work"
 
 
 @functools.cache

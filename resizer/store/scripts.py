@@ -3,6 +3,11 @@
 A script names the shared functions it needs with ``--@include NAME`` lines (files under
 ``lua/includes/``); the loader puts each one in once, ahead of the script, in the order first
 named. Includes hold functions only, so a script never relies on another file's locals.
+
+One constant comes from the loader, ahead of everything: ``PUBLISH``, the command that
+announces on a channel. On a Redis Cluster with sharded pub/sub (Redis >= 7) it is
+``SPUBLISH``: the message goes to the shard that owns the channel's slot (the partition's),
+where ``PUBLISH`` would send it over the cluster bus to every node.
 """
 
 from __future__ import annotations
@@ -19,12 +24,14 @@ _LUA = files("resizer.store") / "lua"
 
 
 @functools.cache
-def source(name: str) -> str:
-    """The whole text of script ``name``, its includes resolved."""
+def source(name: str, *, sharded: bool = False) -> str:
+    """The whole text of script ``name``, its includes resolved; ``sharded``: announcing with
+    ``SPUBLISH``."""
     seen: list[str] = []
     body = _resolve(_LUA.joinpath(f"{name}.lua").read_text(), seen)
     parts = [_INCLUDE.sub("", _LUA.joinpath("includes", f"{i}.lua").read_text()) for i in seen]
-    return "\n".join([*parts, body])
+    publish = "local PUBLISH = '" + ("SPUBLISH" if sharded else "PUBLISH") + "'"
+    return "\n".join([publish, *parts, body])
 
 
 def _resolve(text: str, seen: list[str]) -> str:
@@ -39,10 +46,10 @@ class Script:
     """A script registered on a client; a write it was refused for lack of memory raises
     ``OutOfMemoryError``, as a plain command would."""
 
-    def __init__(self, client: Any, name: str) -> None:
+    def __init__(self, client: Any, name: str, *, sharded: bool = False) -> None:
         self.name = name
         self._client = client
-        self._script = client.register_script(source(name))
+        self._script = client.register_script(source(name, sharded=sharded))
 
     @property
     def sha(self) -> str:

@@ -69,8 +69,11 @@ def small_photos() -> list[bytes]:
 
 @pytest.fixture
 def figures(request: pytest.FixtureRequest) -> Iterator[Figures]:
-    # The scenario's name: its docstring up to the first colon.
+    # The scenario's name: its docstring up to the first colon, and its parameters if any.
     title = request.node.function.__doc__.strip().partition(":")[0]
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and "redis_version" in callspec.params:
+        title += f" (Redis {callspec.params['redis_version']})"
     row = Figures(scenario=title)
     yield row
     if not row.wall_seconds:

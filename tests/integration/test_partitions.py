@@ -151,14 +151,14 @@ async def test_a_flooded_partition_starves_no_other(store: Store) -> None:
 
 @pytest.mark.topologies("cluster")
 async def test_sixteen_partitions_spread_tasks_and_memory_over_three_primaries(
-    real_settings: Settings, redis_cluster: LocalCluster
+    real_settings: Settings, topology_cluster: LocalCluster
 ) -> None:
     settings = attrs.evolve(real_settings, partitions=PARTITIONS)
-    primaries = redis_cluster.live_primaries()
+    primaries = topology_cluster.live_primaries()
     assert len(primaries) == 3
 
     def used_memory() -> list[int]:
-        return [redis_cluster.client(p).info("memory")["used_memory"] for p in primaries]
+        return [topology_cluster.client(p).info("memory")["used_memory"] for p in primaries]
 
     before = used_memory()
     store = Store(client_for(settings.redis_url), settings)
@@ -177,7 +177,7 @@ async def test_sixteen_partitions_spread_tasks_and_memory_over_three_primaries(
         await store.close()
     grown = [after - b for after, b in zip(used_memory(), before, strict=True)]
     tasks = [
-        sum(1 for _ in redis_cluster.client(p).scan_iter(match="*:task:*", count=1000))
+        sum(1 for _ in topology_cluster.client(p).scan_iter(match="*:task:*", count=1000))
         for p in primaries
     ]
     task_share = [round(100 * t / sum(tasks), 1) for t in tasks]
@@ -193,12 +193,12 @@ async def test_sixteen_partitions_spread_tasks_and_memory_over_three_primaries(
 
 @pytest.mark.topologies("cluster")
 async def test_every_primary_is_checked_for_eviction(
-    real_settings: Settings, redis_cluster: LocalCluster
+    real_settings: Settings, topology_cluster: LocalCluster
 ) -> None:
     """One primary of three that may evict keys is enough to refuse the cluster."""
-    last = redis_cluster.live_primaries()[-1]
+    last = topology_cluster.live_primaries()[-1]
     store = Store(client_for(real_settings.redis_url), real_settings)
-    admin = redis_cluster.client(last)
+    admin = topology_cluster.client(last)
     try:
         await store.check_memory_policy()
         admin.config_set("maxmemory-policy", "allkeys-lru")

@@ -36,8 +36,8 @@ ClientFactory = Callable[[web.Application], Awaitable[Client]]
 
 
 def replicas(request: pytest.FixtureRequest, topology: Topology) -> list[RedisServer]:
-    if topology.name == "cluster":
-        cluster: LocalCluster = request.getfixturevalue("redis_cluster")
+    if topology.name in ("cluster", "cluster7"):
+        cluster: LocalCluster = request.getfixturevalue(f"redis_{topology.name}")
         return [cluster.replica_of(p) for p in cluster.live_primaries()]
     sentinel: LocalSentinel = request.getfixturevalue("redis_sentinel")
     primary = sentinel.current_primary()
@@ -70,8 +70,8 @@ def on_replica(server: RedisServer, key: str) -> bool:
 
 async def settle(request: pytest.FixtureRequest, topology: Topology) -> None:
     """After replicas were stopped: wait until the cluster sees them in sync again."""
-    if topology.name == "cluster":
-        cluster: LocalCluster = request.getfixturevalue("redis_cluster")
+    if topology.name in ("cluster", "cluster7"):
+        cluster: LocalCluster = request.getfixturevalue(f"redis_{topology.name}")
         await asyncio.to_thread(wait_for, cluster.healthy, 30, "the cluster to be healthy again")
 
 

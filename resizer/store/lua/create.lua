@@ -57,5 +57,5 @@ end
 
 redis.call('HSET', content, 'leader', id)
 redis.call('LPUSH', waiting, id)
-if wake ~= '' then redis.call('PUBLISH', wake, tag) end
+if wake ~= '' then redis.call(PUBLISH, wake, tag) end
 return {now, 'queued'}

@@ -9,6 +9,6 @@ local function finish(k, id)
   if redis.call('HGET', k.content, 'leader') == id then
     redis.call('HDEL', k.content, 'leader')
   end
-  redis.call('PUBLISH', k.finished, id)
+  redis.call(PUBLISH, k.finished, id)
   return 1 + tonumber(redis.call('HGET', k.task, 'joined') or '0')
 end

@@ -31,7 +31,7 @@ local function release(k, id, reason, fatal, max_attempts, requeued_counter, fai
     count(k.stats, requeued_counter)
     redis.call('HSET', k.task, 'status', 'WAITING', 'updated_at', now)
     redis.call('LPUSH', k.waiting, id)
-    if k.wake ~= '' then redis.call('PUBLISH', k.wake, k.tag) end
+    if k.wake ~= '' then redis.call(PUBLISH, k.wake, k.tag) end
   end
   -- A worker's release sent twice (a lost reply) is recognised by its token.
   if token then redis.call('HSET', k.task, 'released', token .. ' ' .. outcome) end
