@@ -22,6 +22,7 @@ from resizer.models import ImageInfo, Task, TaskStatus, Upload
 from resizer.processes import resizer_command
 from resizer.store import Store, client_for
 from resizer.store.keys import partition_of_digest, partition_of_id
+from tests.conftest import Topology
 from tests.helpers import await_until, make_image
 from tests.topologies import LocalCluster
 
@@ -151,8 +152,10 @@ async def test_a_flooded_partition_starves_no_other(store: Store) -> None:
 
 @pytest.mark.topologies("cluster")
 async def test_sixteen_partitions_spread_tasks_and_memory_over_three_primaries(
-    real_settings: Settings, topology_cluster: LocalCluster
+    real_settings: Settings, topology: Topology, topology_cluster: LocalCluster
 ) -> None:
+    if topology.name == "cluster7":
+        pytest.skip("the spread is the keyspace's, the same on any version: measured on 6.2")
     settings = attrs.evolve(real_settings, partitions=PARTITIONS)
     primaries = topology_cluster.live_primaries()
     assert len(primaries) == 3
