@@ -540,6 +540,8 @@ def make_app(settings: Settings, store: Store | None = None) -> web.Application:
             completions = Completions(
                 store_.redis, lambda: store_.finished_channels, store_.sharded_pubsub
             )
+            # A web learns of partitions other processes created (and of their channels).
+            store_.on_partitions_grown(completions.resubscribe)
             await completions.start()
             stack.push_async_callback(completions.stop)
             app[COMPLETIONS] = completions

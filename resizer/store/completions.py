@@ -172,6 +172,10 @@ class Completions:
     async def stop(self) -> None:
         await self._listener.stop()
 
+    def resubscribe(self) -> None:
+        """Listen to ``channels()`` again: they have changed (waiters are woken to re-read)."""
+        self._listener.resubscribe()
+
     @asynccontextmanager
     async def watch(self, task_id: str) -> AsyncIterator[asyncio.Future[None]]:
         """A future resolved when ``task_id`` finishes. Enter it *before* re-reading the task."""

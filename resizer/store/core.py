@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -120,6 +120,7 @@ class Store:
         self._announce = Script(client, "announce")
         self._turn = 0
         self._work: Signal | None = None
+        self._grown: list[Callable[[], None]] = []
         # Partitions that may hold waiting ids, as far as this process knows (``take``).
         self._dirty = set(range(len(self.partitions)))
         self._rescan_at = 0.0
@@ -183,8 +184,16 @@ class Store:
             self.partitions.append(keys.partition(index))
             self._dirty.add(index)
             grown = True
-        if grown and self._sharded and self._work is not None:
-            self._work.resubscribe()  # the new partitions' work channels
+        if grown:
+            if self._sharded and self._work is not None:
+                self._work.resubscribe()  # the new partitions' work channels
+            for callback in self._grown:
+                callback()
+
+    def on_partitions_grown(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever this process learns of more partitions (and so of more
+        channels to listen to)."""
+        self._grown.append(callback)
 
     @property
     def _original_ttl_ms(self) -> int:

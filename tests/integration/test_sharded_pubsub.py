@@ -145,3 +145,38 @@ async def test_a_worker_that_learns_of_more_partitions_listens_to_them(
     finally:
         await worker.close()
         await web.close()
+
+
+async def test_a_web_that_learns_of_more_partitions_hears_their_tasks_finish(
+    real_settings: Settings, topology: Topology, topology_cluster: LocalCluster
+) -> None:
+    """A web serving 2 partitions learns that another made 16: its long-polls on tasks of the
+    new partitions are woken when those finish, as on its own."""
+    web = Store(client_for(real_settings.redis_url), attrs.evolve(real_settings, partitions=2))
+    other = Store(client_for(real_settings.redis_url), attrs.evolve(real_settings, partitions=16))
+    completions = Completions(web.redis, lambda: web.finished_channels, web.sharded_pubsub)
+    web.on_partitions_grown(completions.resubscribe)  # as the web app does
+    await completions.start()
+    late = partition(13).finished
+    count = shard_subscribers if topology.name == "cluster7" else plain_subscribers
+    try:
+        await asyncio.wait_for(completions.subscribed.wait(), 10)
+        assert count(topology_cluster, late) == 0
+        await other.recover()  # announces 16 partitions
+        await web.recover()  # ... which the web learns here (the web app: on a create)
+
+        async def listening() -> bool:
+            return await asyncio.to_thread(count, topology_cluster, late) == 1
+
+        await await_until(listening, 10, "the web's subscription to the new partitions")
+        task = await other.create_task(upload_in(13, PARTITIONS, "late-finish"))
+        assert await other.take(timeout=5) == task.id
+        claim = await other.claim(task.id, "test-worker")
+        assert claim is not None
+        async with completions.watch(task.id) as finished:
+            assert await other.complete(claim, "png", IMAGES) is True
+            await asyncio.wait_for(finished, 10)
+    finally:
+        await completions.stop()
+        await web.close()
+        await other.close()
