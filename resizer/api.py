@@ -536,12 +536,12 @@ def make_app(settings: Settings, store: Store | None = None) -> web.Application:
             except REDIS_DOWN as exc:
                 # Workers and recovery check it too once Redis answers; the API need not wait.
                 log.warning("redis.policy_unchecked", error=str(exc))
-            store_ = app[STORE]
+            opened: Store = app[STORE]
             completions = Completions(
-                store_.redis, lambda: store_.finished_channels, store_.sharded_pubsub
+                opened.redis, lambda: opened.finished_channels, opened.sharded_pubsub
             )
             # A web learns of partitions other processes created (and of their channels).
-            store_.on_partitions_grown(completions.resubscribe)
+            opened.on_partitions_grown(completions.resubscribe)
             await completions.start()
             stack.push_async_callback(completions.stop)
             app[COMPLETIONS] = completions

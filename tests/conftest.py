@@ -65,14 +65,20 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.stop()
 
 
-@pytest.fixture(scope="session")
-def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    """A real Redis Cluster for the whole run: 3 primaries, a replica each, own ports and dirs."""
-    cluster = LocalCluster(tmp_path_factory.mktemp("cluster"))
+def _running_cluster(
+    tmp_path_factory: pytest.TempPathFactory, name: str, binary: str | None = None
+) -> Iterator[LocalCluster]:
+    cluster = LocalCluster(tmp_path_factory.mktemp(name), binary=binary)
     try:
         yield cluster.start()
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A real Redis Cluster for the whole run: 3 primaries, a replica each, own ports and dirs."""
+    yield from _running_cluster(tmp_path_factory, "cluster")
 
 
 @pytest.fixture(scope="session")
@@ -81,11 +87,7 @@ def redis_cluster7(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCl
     binary = redis7_binary()
     if binary is None:
         pytest.skip("no redis-server >= 7 (install Debian's redis-server, or RESIZER_TEST_REDIS7)")
-    cluster = LocalCluster(tmp_path_factory.mktemp("cluster7"), binary=binary)
-    try:
-        yield cluster.start()
-    finally:
-        cluster.stop()
+    yield from _running_cluster(tmp_path_factory, "cluster7", binary)
 
 
 @pytest.fixture(scope="session")

@@ -164,9 +164,11 @@ class Store:
         if self._sharded is None:
             infos = await every_primary(self.redis, "INFO", "server")
             sharded = all(_major_version(info) >= 7 for info in infos)
-            if sharded:
-                for name in ("create", "complete", "release", "recover"):
-                    setattr(self, f"_{name}", Script(self.redis, name, sharded=True))
+            if sharded:  # the scripts that announce
+                self._create = Script(self.redis, "create", sharded=True)
+                self._complete = Script(self.redis, "complete", sharded=True)
+                self._release = Script(self.redis, "release", sharded=True)
+                self._recover = Script(self.redis, "recover", sharded=True)
             self._sharded = sharded
         return self._sharded
 
