@@ -52,6 +52,7 @@ class Footprint:
     start_s: dict[str, float]
     help_s: float
     check_s: float | None  # a worker container's health probe; None where there is none
+    bare_start_s: float | None = None  # bench/bare_app.py from the same venv (ours only)
 
 
 def du_mb(path: Path) -> float:
@@ -141,6 +142,25 @@ def _start(venv: Path, target: Target, args: Sequence[str], redis_url: str) -> t
     return ready - started, rss
 
 
+def _bare_start(venv: Path, redis_url: str) -> float:
+    """Seconds to the first 200 of ``bench/bare_app.py`` (aiohttp and redis-py, nothing else):
+    the start that any aiohttp service on Redis pays, the floor under ``serve``'s."""
+    port = free_port()
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [str(venv / "bin" / "python"), "-m", "bench.bare_app", str(port), redis_url],
+        cwd=ROOT,
+        env=OURS.env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        return procs.wait_answering(f"http://127.0.0.1:{port}/", proc, "bare app") - started
+    finally:
+        procs.stop(proc, signal.SIGTERM, grace=20)
+
+
 ROLES = {
     "serve": ("serve",),
     "work": ("work",),
@@ -158,6 +178,11 @@ def measure(target: Target) -> Footprint:
                 runs = [_start(venv, target, args, redis.url) for _ in range(RUNS)]
                 start[role] = statistics.median(s for s, _ in runs)
                 rss[role] = statistics.median(r for _, r in runs)
+            bare = (
+                statistics.median(_bare_start(venv, redis.url) for _ in range(RUNS))
+                if target.name == OURS.name
+                else None
+            )
         helps = []
         for _ in range(RUNS + 2):
             began = time.monotonic()
@@ -179,7 +204,7 @@ def measure(target: Target) -> Footprint:
             checks.append(time.monotonic() - began)
         # 0 or 1 is a verdict (no worker runs here: 1); anything else, no such probe.
         check = statistics.median(checks) if done.returncode in (0, 1) else None
-    return Footprint(runtime, biggest, rss, start, statistics.median(helps), check)
+    return Footprint(runtime, biggest, rss, start, statistics.median(helps), check, bare)
 
 
 def footprint(compared: Sequence[Target]) -> list[str]:
@@ -203,6 +228,11 @@ def footprint(compared: Sequence[Target]) -> list[str]:
         lines.append(
             "         largest: " + ", ".join(f"{name} {mb:.1f}" for name, mb in each.biggest)
         )
+        if each.bare_start_s is not None:
+            lines.append(
+                f"         a bare aiohttp + redis-py app (bench/bare_app.py) from this venv starts"
+                f" in {each.bare_start_s:.2f} s"
+            )
     ours = found[OURS.name]
     theirs = next((f for name, f in found.items() if name != OURS.name), None)
     figures = {
@@ -218,11 +248,15 @@ def footprint(compared: Sequence[Target]) -> list[str]:
     for name, (mine, measured, unit) in figures.items():
         base, said = baseline_figure(f"footprint.{keys[name]}", measured)
         share = None if not base else mine / base
+        floor = ""
+        if name == "serve start" and base and ours.bare_start_s is not None:
+            floor = f"; a bare aiohttp + redis-py app: {ours.bare_start_s / base:.0%}"
         lines.append(
             summary.judge(
                 f"{name} <= {BARS[name]:.0%} of face751's",
                 f"{mine:.2f} {unit}"
-                + ("" if base is None else f" = {share:.0%} of {base:.2f} {unit} ({said})"),
+                + ("" if base is None else f" = {share:.0%} of {base:.2f} {unit} ({said})")
+                + floor,
                 None if share is None else share <= BARS[name],
                 COMMAND,
             )
