@@ -277,6 +277,26 @@ def test_cmyk_with_profile_looks_like_the_press_inks(
         assert close(pixel(img, (32, 32)), srgb, 4), (fmt, pixel(img, (32, 32)))
 
 
+@pytest.mark.parametrize("size", [(8, 6), (7, 5)])
+def test_cmyk_halves_are_the_diagonal_pixels_of_each_block_converted_then_averaged(
+    size: tuple[int, int],
+) -> None:
+    """Each 2x2 block becomes the mean of its top-left and bottom-right pixels, each converted
+    on its own; an odd last row or column has no bottom-right pixel, so its top-left stands."""
+    width, height = size
+    cmyk = Image.frombytes("CMYK", size, bytes(range(7, 7 + 4 * width * height)))
+    halves = imaging._halves_to_srgb(cmyk, None)
+    assert halves.size == ((width + 1) // 2, (height + 1) // 2)
+    converted = imaging._to_srgb(cmyk, None)
+    for y in range(halves.height):
+        for x in range(halves.width):
+            top_left = pixel(converted, (2 * x, 2 * y))
+            inside = 2 * x + 1 < width and 2 * y + 1 < height
+            bottom_right = pixel(converted, (2 * x + 1, 2 * y + 1)) if inside else top_left
+            mean = tuple(round((a + b) / 2) for a, b in zip(top_left, bottom_right, strict=True))
+            assert close(pixel(halves, (x, y)), mean, 1), (x, y)
+
+
 def test_malformed_icc_profile_is_ignored() -> None:
     data = encode(_solid("RGB", (200, 120, 40)), "PNG", icc_profile=b"\x00\x01garbage" * 20)
     assert close(pixel(thumbs(data)[64], (32, 32)), (200, 120, 40), 1)
