@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from resizer import faults, header, openapi, shutdown
+from resizer import faults, header, memory, openapi, shutdown
 from resizer.config import Settings
 from resizer.errors import (
     BadRequest,
@@ -582,6 +582,10 @@ def serve(settings: Settings, host: str, port: int) -> None:
 
 
 async def _serve(settings: Settings, host: str, port: int) -> None:
+    if memory.keep_freed_memory(memory.WEB_KEEP_BELOW, memory.WEB_TRIM_ABOVE):
+        log.info(
+            "allocator.tuned", keep_below=memory.WEB_KEEP_BELOW, trim_above=memory.WEB_TRIM_ABOVE
+        )
     app = make_app(settings)
     sites: list[tuple[web.Application, str | None, int]] = [(app, host, port)]
     if settings.metrics_addr is not None:
