@@ -11,7 +11,9 @@ service starts (``bench/kernel_cpu.py``, mean CPU time of ``make_thumbnails``), 
 
     (web + helpers + worker overhead + Redis) / kernel,  worker overhead = workers - kernel
 
-which says how much the service spends around each task's kernel.
+which says how much the service spends around each task's kernel. Beside each bar, the same
+ratio for ``bench/floor_app.py`` under the same load: what any aiohttp service that keeps the
+originals in Redis spends on the two requests of a task (web + Redis; no worker).
 
 With a baseline (``--baseline``), the same runs with its code, from its venv, in the same run.
 """
@@ -19,11 +21,12 @@ With a baseline (``--baseline``), the same runs with its code, from its venv, in
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import attrs
@@ -31,7 +34,7 @@ import attrs
 from bench import procs, summary
 from bench.load import JSON, RAW
 from bench.targets import BASELINE_COMMIT, OURS, ROOT, Target, baseline_figure
-from resizer.embedded import RedisServer
+from resizer.embedded import RedisServer, free_port
 
 SETS = (("512 PNG", "photo-512.png"), ("1024 JPEG", "phone-1024.jpg"),
         ("3000 JPEG", "phone-3000.jpg"))  # fmt: skip
@@ -89,11 +92,12 @@ def modes(target: Target) -> tuple[str, ...]:
 
 
 def burst(
-    url: str, up: subprocess.Popen[bytes], redis_pid: int, path: Path, mode: str, count: int,
-    serial: int,
+    url: str, service: Callable[[], dict[str, list[int]]], redis_pid: int, path: Path, mode: str,
+    count: int, serial: int,
 ) -> tuple[dict[str, float], dict[str, float]]:  # fmt: skip
     """One set through the load client: its result, and the CPU seconds of each kind of
-    process over the burst (after the client's warm-up, which is not counted)."""
+    process over the burst (after the client's warm-up, which is not counted). ``service``
+    gives the service's processes by kind (``procs.role_pids``)."""
     client = subprocess.Popen(
         [sys.executable, "-m", "bench.load", url, str(path), "--mode", mode,
          "--count", str(count), "--serial", str(serial)],
@@ -106,7 +110,7 @@ def burst(
             raise RuntimeError("the load client did not warm up")
 
         def cpu() -> dict[str, float]:
-            groups = procs.role_pids(up.pid)
+            groups: dict[str, list[int]] = {kind: [] for kind in KINDS} | service()
             groups["redis"] = [redis_pid]
             groups["client"] = [client.pid]
             return {kind: procs.group_cpu(groups[kind]) for kind in KINDS}
@@ -139,7 +143,8 @@ def run_target(target: Target, corpus: Path, workers: int, count: int) -> list[S
                 procs.resizer_up(target, workers, redis.url) as (url, up),
             ):
                 assert redis.proc is not None
-                result, cpu = burst(url, up, redis.proc.pid, corpus / name, mode, count, 0)
+                service = functools.partial(procs.role_pids, up.pid)
+                result, cpu = burst(url, service, redis.proc.pid, corpus / name, mode, count, 0)
             tasks = int(result["tasks"])
             runs.append(
                 SetRun(
@@ -155,6 +160,40 @@ def run_target(target: Target, corpus: Path, workers: int, count: int) -> list[S
                 )
             )
     return runs
+
+
+@contextlib.contextmanager
+def floor_app(redis_url: str) -> Iterator[tuple[str, int]]:
+    """``bench/floor_app.py`` with our interpreter: its URL and pid."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.floor_app", str(port), redis_url],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        procs.wait_answering(f"{url}/tasks/warm", proc, "the floor app")
+        yield url, proc.pid
+    finally:
+        procs.stop(proc, grace=10)
+
+
+def floor(corpus: Path, count: int, kernel: dict[str, float]) -> dict[tuple[str, str], float]:
+    """(web + Redis) / kernel of the floor app, for each set that has a bar."""
+    found = {}
+    for label, mode in BARS:
+        name = dict(SETS)[label]
+        with RedisServer() as redis, floor_app(redis.url) as (url, pid):
+            assert redis.proc is not None
+            result, cpu = burst(
+                url, lambda: {"web": [pid]}, redis.proc.pid, corpus / name, mode, count, 0
+            )
+        per_task = {k: v * 1000 / int(result["tasks"]) for k, v in cpu.items()}
+        found[(label, mode)] = (per_task["web"] + per_task["redis"]) / kernel[name]
+    return found
 
 
 def end_to_end(
@@ -193,6 +232,17 @@ def end_to_end(
     ]
     ours = {(r.label, r.mode): r for r in runs if r.target == OURS.name}
     theirs = {(r.label, r.mode): r for r in runs if r.target != OURS.name}
+    floors = (
+        floor(corpus, count, {dict(SETS)[r.label]: r.kernel_ms for r in ours.values()})
+        if ours
+        else {}
+    )
+    lines.append(
+        "  the floor: bench/floor_app.py (a bare aiohttp app: the body read, decoded, hashed and"
+        " stored with one MSET; the long-poll one GET; no queue, worker, log or metric) under the"
+        " same load: (web + Redis) / kernel "
+        + ", ".join(f"{label} {mode} {ratio:.2f}" for (label, mode), ratio in floors.items())
+    )
     for (label, mode), line in BARS.items():
         if (label, mode) not in ours:
             continue
@@ -202,6 +252,8 @@ def end_to_end(
             theirs[(label, mode)].ratio if (label, mode) in theirs else None,
         )
         was = "" if base is None else f"; baseline {base:.2f} ({said})"
+        if (label, mode) in floors:
+            was += f"; the floor app: {floors[(label, mode)]:.2f}"
         lines.append(
             summary.judge(
                 f"{label}, {mode} uploads: (web + helpers + worker overhead + Redis) / kernel"
