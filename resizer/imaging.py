@@ -165,7 +165,7 @@ def _thumbnail_images(
     # so CMYK is converted before any filtering. Its conversion costs half as much as its draft
     # decode: when a reduce by an even factor follows, only half of its pixels are converted.
     factor = int(extent / (target * _REDUCING_GAP))
-    if work.mode == "CMYK" and factor % 2 == 0:
+    if work.mode == "CMYK" and factor >= 2 and factor % 2 == 0:
         work, profile = _halves_to_srgb(work, profile), None
         factor //= 2
         extent /= 2

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import io
+import random
 import subprocess
 import sys
 import time
@@ -295,6 +296,16 @@ def test_cmyk_halves_are_the_diagonal_pixels_of_each_block_converted_then_averag
             bottom_right = pixel(converted, (2 * x + 1, 2 * y + 1)) if inside else top_left
             mean = tuple(round((a + b) / 2) for a, b in zip(top_left, bottom_right, strict=True))
             assert close(pixel(halves, (x, y)), mean, 1), (x, y)
+
+
+def test_cmyk_that_needs_no_reduce_is_converted_whole() -> None:
+    """Only a reduce by an even factor may convert half of the pixels: a CMYK image small enough
+    for no reduce at all thumbnails exactly as its conversion to RGB does."""
+    cmyk = Image.frombytes("CMYK", (100, 100), random.Random(7).randbytes(4 * 100 * 100))
+    ours = thumbs(encode(cmyk, "TIFF"))
+    expected = thumbs(encode(cmyk.convert("RGB"), "PNG"))
+    for size in (64, 32):
+        assert ImageChops.difference(ours[size], expected[size]).getbbox() is None, size
 
 
 def test_malformed_icc_profile_is_ignored() -> None:
