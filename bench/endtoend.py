@@ -26,7 +26,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import attrs
@@ -34,7 +34,7 @@ import attrs
 from bench import procs, summary
 from bench.load import JSON, RAW
 from bench.targets import BASELINE_COMMIT, OURS, ROOT, Target, baseline_figure
-from resizer.embedded import RedisServer, free_port
+from resizer.embedded import RedisServer
 
 SETS = (("512 PNG", "photo-512.png"), ("1024 JPEG", "phone-1024.jpg"),
         ("3000 JPEG", "phone-3000.jpg"))  # fmt: skip
@@ -162,34 +162,18 @@ def run_target(target: Target, corpus: Path, workers: int, count: int) -> list[S
     return runs
 
 
-@contextlib.contextmanager
-def floor_app(redis_url: str) -> Iterator[tuple[str, int]]:
-    """``bench/floor_app.py`` with our interpreter: its URL and pid."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.floor_app", str(port), redis_url],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        procs.wait_answering(f"{url}/tasks/warm", proc, "the floor app")
-        yield url, proc.pid
-    finally:
-        procs.stop(proc, grace=10)
-
-
 def floor(corpus: Path, count: int, kernel: dict[str, float]) -> dict[tuple[str, str], float]:
     """(web + Redis) / kernel of the floor app, for each set that has a bar."""
     found = {}
     for label, mode in BARS:
         name = dict(SETS)[label]
-        with RedisServer() as redis, floor_app(redis.url) as (url, pid):
+        with (
+            RedisServer() as redis,
+            procs.bench_app("bench.floor_app", redis.url, "/tasks/warm") as (url, app, _),
+        ):
             assert redis.proc is not None
             result, cpu = burst(
-                url, lambda: {"web": [pid]}, redis.proc.pid, corpus / name, mode, count, 0
+                url, lambda: {"web": [app.pid]}, redis.proc.pid, corpus / name, mode, count, 0
             )
         per_task = {k: v * 1000 / int(result["tasks"]) for k, v in cpu.items()}
         found[(label, mode)] = (per_task["web"] + per_task["redis"]) / kernel[name]

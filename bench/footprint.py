@@ -145,20 +145,9 @@ def _start(venv: Path, target: Target, args: Sequence[str], redis_url: str) -> t
 def _bare_start(venv: Path, redis_url: str) -> float:
     """Seconds to the first 200 of ``bench/bare_app.py`` (aiohttp and redis-py, nothing else):
     the start that any aiohttp service on Redis pays, the floor under ``serve``'s."""
-    port = free_port()
-    started = time.monotonic()
-    proc = subprocess.Popen(
-        [str(venv / "bin" / "python"), "-m", "bench.bare_app", str(port), redis_url],
-        cwd=ROOT,
-        env=OURS.env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        return procs.wait_answering(f"http://127.0.0.1:{port}/", proc, "bare app") - started
-    finally:
-        procs.stop(proc, signal.SIGTERM, grace=20)
+    python = str(venv / "bin" / "python")
+    with procs.bench_app("bench.bare_app", redis_url, python=python, env=OURS.env()) as started:
+        return started[2]
 
 
 ROLES = {

@@ -7,12 +7,13 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench.targets import Target
+from bench.targets import ROOT, Target
 from resizer.embedded import free_port
 
 STARTUP_SECONDS = 60.0
@@ -86,6 +87,31 @@ def wait_answering(url: str, proc: subprocess.Popen[bytes], what: str) -> float:
             pass
         time.sleep(0.01)
     raise RuntimeError(f"{what} did not answer {url} within {STARTUP_SECONDS}s")
+
+
+@contextlib.contextmanager
+def bench_app(
+    module: str, redis_url: str, probe: str = "/", python: str = sys.executable,
+    env: dict[str, str] | None = None,
+) -> Iterator[tuple[str, subprocess.Popen[bytes], float]]:  # fmt: skip
+    """``python -m MODULE PORT REDIS_URL`` (``bench.bare_app``, ``bench.floor_app``), once
+    ``probe`` answers 200: its URL, its process, and the seconds it took to answer."""
+    port = free_port()
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [python, "-m", module, str(port), redis_url],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        answered = wait_answering(url + probe, proc, module)
+        yield url, proc, answered - started
+    finally:
+        stop(proc, grace=10)
 
 
 def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, grace: float = 60) -> None:

@@ -16,12 +16,9 @@ import contextlib
 import io
 import json
 import struct
-import subprocess
-import sys
 import threading
 import time
 import zlib
-from collections.abc import Iterator
 
 import aiohttp
 from PIL import Image
@@ -29,7 +26,7 @@ from PIL import Image
 from bench import procs
 from bench.targets import OURS
 from bench.timing import percentile
-from resizer.embedded import RedisServer, free_port
+from resizer.embedded import RedisServer
 
 
 async def _post(session: aiohttp.ClientSession, url: str, body: bytes) -> str:
@@ -117,7 +114,7 @@ def api_latency(workers: int, concurrency: int = 16, count: int = 2000) -> list[
             ] * count
             times, wall = asyncio.run(_latencies(gets, concurrency))
             rows.append(("resizer GET /tasks/{id}", times, wall))
-        with _bare_app(redis.url) as bare_url:
+        with procs.bench_app("bench.bare_app", redis.url) as (bare_url, _, _):
             gets = [("GET", f"{bare_url}/", None)] * count
             asyncio.run(_latencies(gets[:200], concurrency))  # warm-up
             times, wall = asyncio.run(_latencies(gets, concurrency))
@@ -133,24 +130,6 @@ def api_latency(workers: int, concurrency: int = 16, count: int = 2000) -> list[
 async def _create_one(url: str, body: bytes) -> str:
     async with aiohttp.ClientSession() as session:
         return await _post(session, url, body)
-
-
-@contextlib.contextmanager
-def _bare_app(redis_url: str) -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.bare_app", str(port), redis_url],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        procs.wait_answering(url, proc, "the bare app")
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 # --- section 4a ---------------------------------------------------------------------------------
