@@ -120,6 +120,17 @@ async def test_an_idle_worker_does_not_poll(store: Store, worker_log: Path) -> N
     """Once it waits, an idle worker sends nothing for seconds: no LMOVE per partition per
     second (its safety re-scan and recovery come every 15 s; docs/scaling.md has the figure)."""
     admin = redis.Redis.from_url(store.settings.redis_url)
+    # After its first task the worker still looks into the partitions it had not reached
+    # before that task (one LMOVE each): the window opens once it has sent none for a second.
+    quiet_since = [time.monotonic(), commands(admin).get("lmove", 0)]
+
+    async def waiting() -> bool:
+        moves = commands(admin).get("lmove", 0)
+        if moves != quiet_since[1]:
+            quiet_since[:] = [time.monotonic(), moves]
+        return time.monotonic() - quiet_since[0] >= 1.0
+
+    await await_until(waiting, 20, "the worker to stop looking into partitions")
     before = commands(admin)
     await asyncio.sleep(3)  # the observation window itself: nothing to wait for
     after = commands(admin)
