@@ -9,7 +9,7 @@ export POETRY_VIRTUALENVS_IN_PROJECT := true
 export POETRY_NO_INTERACTION := 1
 RUN := $(POETRY) run
 
-.PHONY: venv up test bench lint lint-deploy format check chaos docker docker-up docker-down clean
+.PHONY: venv bytecode up test bench lint lint-deploy format check chaos docker docker-up docker-down clean
 
 $(POETRY):
 	$(PYTHON) -m venv $(TOOLS)/poetry
@@ -23,10 +23,16 @@ $(VENV)/.installed: $(POETRY) pyproject.toml poetry.lock
 
 venv: $(VENV)/.installed ## install the project and its tools into .venv
 
-up: venv ## run the whole service on this machine (embedded Redis, web, workers, recovery)
+# The project is installed editable, so its own modules are compiled where they are. Where
+# PYTHONDONTWRITEBYTECODE is set (CI images, containers), every `resizer` process a test starts
+# would otherwise compile each module it imports again. Up-to-date files are skipped.
+bytecode: venv
+	$(RUN) python -m compileall -q resizer tests bench
+
+up: bytecode ## run the whole service on this machine (embedded Redis, web, workers, recovery)
 	$(RUN) resizer up
 
-test: venv ## run the test suite (unit on fakeredis, integration on a real Redis server)
+test: bytecode ## run the test suite (unit on fakeredis, integration on a real Redis server)
 	$(RUN) pytest
 
 # The benchmark's own dependencies (pyvips with its bundled libvips, scikit-image for the corpus
@@ -69,7 +75,7 @@ check: format lint test
 # The chaos and load scenarios (tests/chaos, marked `chaos`, so not in `make test`): real
 # `resizer` processes SIGKILLed, SIGSTOPped, SIGTERMed, a real Redis killed and filled up.
 # A few minutes on 2 cores; ends with one table of figures (see docs/chaos.md).
-chaos: venv ## the chaos and load scenarios; prints the table of figures
+chaos: bytecode ## the chaos and load scenarios; prints the table of figures
 	$(RUN) pytest tests/chaos -m chaos -q -p no:cacheprovider
 
 docker: docker-down ## clean, build, up
