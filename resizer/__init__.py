@@ -1,17 +1,19 @@
 """resizer: square images in, 64x64 and 32x32 out, through a Redis queue that never loses a task.
 
 ``resizer.Client`` and ``resizer.AsyncClient`` are the Python clients of its API (see
-``resizer.client``); they are imported on first use, so ``import resizer`` stays light. So is
-``__version__``: reading the installed metadata imports ``importlib.metadata`` (~20 ms), which a
-container health check has no use for.
+``resizer.client``); they are imported on first use, so ``import resizer`` stays light.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+# Written here, not read from the installed metadata: that imports ``importlib.metadata`` and
+# scans sys.path, ~10 ms of every process's start. tests/unit/test_version.py keeps it equal to
+# pyproject.toml's.
+__version__ = "0.1.0"
+
 if TYPE_CHECKING:
-    __version__: str
     from resizer.client import (
         ApiError,
         AsyncClient,
@@ -47,15 +49,6 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name == "__version__":
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            found = version("resizer")
-        except PackageNotFoundError:  # running from a source tree that was never installed
-            found = "0.0.0"
-        globals()["__version__"] = found
-        return found
     if name in __all__:
         from resizer import client
 
