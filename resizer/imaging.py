@@ -40,7 +40,7 @@ from PIL import Image, ImageCms, ImageFile, UnidentifiedImageError
 
 from resizer import budget, pngdecode
 from resizer.errors import ImageDecodeError
-from resizer.header import INPUT_FORMATS, describe, output_format
+from resizer.header import describe, open_image, output_format
 from resizer.models import SIZES, Thumbnail
 
 # reduce() is a box filter: exact and very fast, but it aliases when it does the whole job.
@@ -118,7 +118,7 @@ def thumbnail_images(
 def _thumbnail_images(
     data: bytes, sizes: list[int], max_decode_bytes: int
 ) -> tuple[str, list[Image.Image]]:
-    with Image.open(io.BytesIO(data), formats=INPUT_FORMATS) as img:
+    with open_image(data) as img:
         fmt = output_format((img.format or "").lower())
         width, height = img.size
         # Pillow's own bomb limit, as an error rather than a warning (warnings filters are
