@@ -3,16 +3,21 @@
 
 from __future__ import annotations
 
+import gc
 import sys
-
-from resizer import roles
 
 
 def main() -> None:
+    # The collector is off while the command imports what it runs (resizer.memory says why);
+    # every path turns it back on through memory.imports_done once they are in.
+    gc.disable()
+    from resizer import memory, roles
+
     run = roles.service_role(sys.argv[1:])
     if run is None:
         from resizer.cli import main as typer_main
 
+        memory.imports_done()
         typer_main()
         return
     # structlog imports rich's traceback module whenever rich is installed (typer depends on

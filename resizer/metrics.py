@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator
 import prometheus_client
 from aiohttp import web
 from prometheus_client import (
+    GC_COLLECTOR,
     PLATFORM_COLLECTOR,
     PROCESS_COLLECTOR,
     CollectorRegistry,
@@ -57,6 +58,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.registry.register(PROCESS_COLLECTOR)
         self.registry.register(PLATFORM_COLLECTOR)
+        self.registry.register(GC_COLLECTOR)
         Info("resizer_build", "The running version", registry=self.registry).info(
             {"version": __version__}
         )

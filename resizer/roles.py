@@ -69,6 +69,7 @@ def run_service(run: Callable[[], None]) -> NoReturn:
     """
     from resizer import memory, shutdown
 
+    memory.imports_done()
     memory.release_freed_memory()  # what importing the role left behind
     try:
         run()
@@ -105,8 +106,10 @@ def work(flags: dict[str, str | None], processes: int, check_only: bool) -> NoRe
         from resizer.worker import serve_worker
 
         run_service(lambda: asyncio.run(serve_worker(settings)))
+    from resizer import memory
     from resizer.processes import Child, Supervisor, resizer_command
 
+    memory.imports_done()
     children = [
         Child(f"worker-{i}", resizer_command("work"), stop_grace=settings.lease_seconds + 5)
         for i in range(processes)

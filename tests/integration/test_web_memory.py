@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from resizer.embedded import free_port
 from resizer.processes import resizer_command
@@ -86,3 +87,26 @@ def test_uploads_reuse_the_web_process_memory(web: tuple[int, str]) -> None:
     uploads(10_000)
     per_upload = (minor_faults(pid) - before) / UPLOADS
     assert per_upload < 40, f"{per_upload:.0f} pages faulted in per upload"
+
+
+def gc_collections(url: str) -> dict[str, float]:
+    """``python_gc_collections_total`` by generation, from the process's own /metrics."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:  # noqa: S310
+        text = response.read().decode()
+    return {
+        sample.labels["generation"]: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "python_gc_collections"
+        for sample in family.samples
+    }
+
+
+def test_the_web_collects_garbage_once_started(web: tuple[int, str]) -> None:
+    """A process imports with the collector off (resizer.memory); a serving web has it on
+    again: its young generation is collected as requests come in."""
+    _, url = web
+    before = gc_collections(url)
+    assert set(before) == {"0", "1", "2"}
+    for _ in range(200):
+        assert answers(url)
+    assert gc_collections(url)["0"] > before["0"]
