@@ -201,8 +201,12 @@ async def test_sixteen_partitions_spread_tasks_and_memory_over_three_primaries(
         f"({task_share} %), memory grown {[m // 1024 for m in grown]} KiB ({memory_share} %)"
     )
     assert sum(tasks) == 3000
-    for share in task_share + memory_share:
-        assert 33.3 - 8 <= share <= 33.3 + 8, (task_share, memory_share)
+    # 16 partitions over 3 primaries are 6, 5 and 5 of them: 37.5, 31.25 and 31.25 % of the
+    # tasks. Memory follows each primary's tasks, give or take a few points (Redis's tables grow
+    # in steps): CI once read 41.6 % of the memory beside 38.2 % of the tasks.
+    for task, memory in zip(task_share, memory_share, strict=True):
+        assert 33.3 - 8 <= task <= 33.3 + 8, (task_share, memory_share)
+        assert abs(memory - task) <= 8, (task_share, memory_share)
 
 
 @pytest.mark.topologies("cluster")
