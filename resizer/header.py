@@ -43,8 +43,6 @@ _PLUGINS = (
     WebPImagePlugin,
 )
 
-_LOADED_AT_START = tuple(f for f in INPUT_FORMATS if f != "AVIF")
-
 # Formats Pillow writes well at thumbnail size; anything else comes out as PNG.
 _OUTPUT_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
 _ALIASES = {"mpo": "jpeg"}  # a multi-picture JPEG's first picture is a plain JPEG
@@ -97,8 +95,8 @@ def open_image(data: bytes) -> ImageFile.ImageFile:
     if data[4:8] == b"ftyp":  # an ISO media file, as every AVIF is
         from PIL import AvifImagePlugin  # noqa: F401  (it registers itself)
     # Asked for a format whose plugin is not loaded, Pillow loads every plugin it has.
-    formats = INPUT_FORMATS if "AVIF" in Image.OPEN else _LOADED_AT_START
-    return Image.open(io.BytesIO(data), formats=formats)
+    loaded = tuple(fmt for fmt in INPUT_FORMATS if fmt in Image.OPEN)
+    return Image.open(io.BytesIO(data), formats=loaded)
 
 
 def output_format(input_format: str) -> str:
