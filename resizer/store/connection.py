@@ -30,6 +30,7 @@ from redis.asyncio.connection import AbstractConnection, BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
+from redis.driver_info import DriverInfo
 
 from resizer.errors import ServiceUnavailable
 
@@ -65,6 +66,11 @@ REDIS_DOWN: Final = (
 # Redis at its maxmemory (noeviction) refused a write: nothing was written; retry later. A plain
 # command raises OutOfMemoryError; the store's scripts turn a refusal inside a script into one.
 REDIS_FULL: Final = (redis.exceptions.OutOfMemoryError,)
+
+# What every connection tells Redis it is (CLIENT SETINFO). Given, so that redis-py does not
+# look its own version up in the installed metadata for each connection it opens: a scan of
+# sys.path, 3 ms the first time, 0.5 ms after.
+_DRIVER: Final = DriverInfo(lib_version=redis.__version__)
 
 _TLS_OPTIONS: Final = (
     "ssl_ca_certs",
@@ -136,6 +142,7 @@ def client_for(url: str, *, socket_timeout: float = 5.0) -> Client:
         socket_timeout=socket_timeout,
         health_check_interval=15,
         retry=_retry(),
+        driver_info=_DRIVER,
     )
     pool.connection_class = _sliced(pool.connection_class)
     return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
@@ -244,6 +251,7 @@ def _cluster(url: str, socket_timeout: float) -> RedisCluster:
         socket_connect_timeout=CONNECT_TIMEOUT,
         health_check_interval=15,
         retry=_retry(),
+        driver_info=_DRIVER,
         # A primary being failed over must not stop the client from starting (or serving the
         # other primaries' slots).
         require_full_coverage=False,
@@ -280,6 +288,7 @@ def _sentinel(url: str, socket_timeout: float) -> aioredis.Redis:
             **tls,
             "username": parsed.query.get("sentinel_username"),
             "password": parsed.query.get("sentinel_password"),
+            "driver_info": _DRIVER,
         },
     )
     client: aioredis.Redis = sentinels.master_for(
@@ -293,6 +302,7 @@ def _sentinel(url: str, socket_timeout: float) -> aioredis.Redis:
         password=parsed.password,
         health_check_interval=15,
         retry=_retry(),
+        driver_info=_DRIVER,
         **bounded,
         **tls,
     )

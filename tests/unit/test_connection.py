@@ -4,6 +4,8 @@ connect on first use)."""
 from __future__ import annotations
 
 import pytest
+import redis
+import redis.utils
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import SentinelConnectionPool
 
@@ -64,3 +66,32 @@ async def test_a_sentinel_url_gives_a_bounded_client_of_the_services_primary() -
 def test_bad_urls_are_refused_with_the_reason(url: str, complaint: str) -> None:
     with pytest.raises(ValueError, match=complaint):
         client_for(url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:1/0",
+        "rediss://127.0.0.1:1/0",
+        "redis+cluster://h1:7000,h2:7001/",
+        "redis+sentinel://s1:26379,s2:26380/mymaster",
+    ],
+)
+async def test_connections_are_made_without_reading_the_installed_metadata(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py looks its version up in the installed packages' metadata (a scan of sys.path)
+    for each connection unless told it."""
+
+    def scanned() -> str:
+        raise AssertionError("redis-py read its version from the installed metadata")
+
+    monkeypatch.setattr(redis.utils, "get_lib_version", scanned)
+    client = client_for(url)
+    try:
+        if not isinstance(client, RedisCluster):
+            connection = client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+            assert connection.driver_info is not None
+            assert connection.driver_info.lib_version == redis.__version__
+    finally:
+        await client.aclose()
