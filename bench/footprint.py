@@ -8,6 +8,10 @@
   ``resizer recover --every 30``, each run from that runtime venv against a real Redis: start
   time to ``/health`` answering 200 (serve) or to the first line the process writes (work,
   recover), median of ``RUNS``; RSS (VmRSS, its children included) after ``IDLE_SECONDS`` idle.
+  ``serve``'s start, the one with a bar, is the median of ``START_RUNS``, taken in turns with
+  the other target's and a bare aiohttp + redis-py app's (``bench/bare_app.py``): a start lasts
+  a few tenths of a second, and the machine's pace drifts over the minutes between one target's
+  measurements and the other's, so only starts taken side by side make a ratio.
   Every module is compiled beforehand, the package's too, as in the image: under
   ``PYTHONDONTWRITEBYTECODE`` (the image sets it) a process would otherwise compile each module
   it imports at every start, which triples a start time and is not what a deployment pays.
@@ -38,6 +42,7 @@ from bench.targets import OURS, ROOT, Target, baseline_figure
 from resizer.embedded import RedisServer, free_port
 
 RUNS = 3
+START_RUNS = 9
 IDLE_SECONDS = 2.0
 VENV_TOOLING = ("pip", "setuptools", "_distutils_hack", "wheel", "distutils-precedence.pth")
 COMMAND = "python -m bench.run --sections 7"
@@ -110,8 +115,11 @@ def runtime_size(target: Target, venv: Path) -> tuple[float, list[tuple[str, flo
     return sum(sizes.values()), biggest
 
 
-def _start(venv: Path, target: Target, args: Sequence[str], redis_url: str) -> tuple[float, float]:
-    """(seconds to ready, idle RSS MB) of one ``resizer ARGS`` process."""
+def _start(
+    venv: Path, target: Target, args: Sequence[str], redis_url: str, *, idle: bool = True
+) -> tuple[float, float]:
+    """(seconds to ready, idle RSS MB) of one ``resizer ARGS`` process; no RSS (0) unless
+    ``idle``."""
     port = free_port()
     if args[0] == "serve":
         args = [*args, "--host", "127.0.0.1", "--port", str(port)]
@@ -132,11 +140,12 @@ def _start(venv: Path, target: Target, args: Sequence[str], redis_url: str) -> t
             if not proc.stdout.readline():
                 raise RuntimeError(f"`resizer {' '.join(args)}` wrote nothing and exited")
             ready = time.monotonic()
-        time.sleep(IDLE_SECONDS)
         rss = 0.0
-        for pid in [proc.pid, *procs.descendants(proc.pid)]:
-            with contextlib.suppress(OSError):
-                rss += procs.status_mb(pid)
+        if idle:
+            time.sleep(IDLE_SECONDS)
+            for pid in [proc.pid, *procs.descendants(proc.pid)]:
+                with contextlib.suppress(OSError):
+                    rss += procs.status_mb(pid)
     finally:
         procs.stop(proc, signal.SIGTERM, grace=20)
     return ready - started, rss
@@ -157,43 +166,72 @@ ROLES = {
 }
 
 
-def measure(target: Target) -> Footprint:
-    with runtime_venv(target) as venv:
-        runtime, biggest = runtime_size(target, venv)
-        rss: dict[str, float] = {}
-        start: dict[str, float] = {}
+def measure(target: Target, venv: Path, redis_url: str) -> Footprint:
+    """``target``'s footprint; serve's start is left to ``serve_starts``."""
+    runtime, biggest = runtime_size(target, venv)
+    rss: dict[str, float] = {}
+    start: dict[str, float] = {}
+    for role, args in ROLES.items():
+        runs = [_start(venv, target, args, redis_url) for _ in range(RUNS)]
+        start[role] = statistics.median(s for s, _ in runs)
+        rss[role] = statistics.median(r for _, r in runs)
+    helps = []
+    for _ in range(RUNS + 2):
+        began = time.monotonic()
+        subprocess.run(
+            [str(venv / "bin" / "resizer"), "--help"],
+            env=target.env(),
+            capture_output=True,
+            check=True,
+        )
+        helps.append(time.monotonic() - began)
+    checks = []
+    for _ in range(RUNS + 2):
+        began = time.monotonic()
+        done = subprocess.run(
+            [str(venv / "bin" / "resizer"), "work", "--check"],
+            env=target.env(),
+            capture_output=True,
+        )
+        checks.append(time.monotonic() - began)
+    # 0 or 1 is a verdict (no worker runs here: 1); anything else, no such probe.
+    check = statistics.median(checks) if done.returncode in (0, 1) else None
+    return Footprint(runtime, biggest, rss, start, statistics.median(helps), check)
+
+
+def serve_starts(
+    compared: Sequence[Target], venvs: dict[str, Path], redis_url: str
+) -> tuple[dict[str, float], float]:
+    """Median seconds to serve's first /health 200 per target, and the bare app's from our
+    venv: ``START_RUNS`` rounds, each starting every one of them in turn."""
+    times: dict[str, list[float]] = {target.name: [] for target in compared}
+    bare: list[float] = []
+    for _ in range(START_RUNS):
+        for target in compared:
+            venv = venvs[target.name]
+            times[target.name].append(
+                _start(venv, target, ROLES["serve"], redis_url, idle=False)[0]
+            )
+        bare.append(_bare_start(venvs[OURS.name], redis_url))
+    return {name: statistics.median(each) for name, each in times.items()}, statistics.median(bare)
+
+
+def measure_all(compared: Sequence[Target]) -> dict[str, Footprint]:
+    with contextlib.ExitStack() as stack:
+        venvs = {target.name: stack.enter_context(runtime_venv(target)) for target in compared}
         with RedisServer() as redis:
-            for role, args in ROLES.items():
-                runs = [_start(venv, target, args, redis.url) for _ in range(RUNS)]
-                start[role] = statistics.median(s for s, _ in runs)
-                rss[role] = statistics.median(r for _, r in runs)
-            bare = (
-                statistics.median(_bare_start(venv, redis.url) for _ in range(RUNS))
-                if target.name == OURS.name
-                else None
-            )
-        helps = []
-        for _ in range(RUNS + 2):
-            began = time.monotonic()
-            subprocess.run(
-                [str(venv / "bin" / "resizer"), "--help"],
-                env=target.env(),
-                capture_output=True,
-                check=True,
-            )
-            helps.append(time.monotonic() - began)
-        checks = []
-        for _ in range(RUNS + 2):
-            began = time.monotonic()
-            done = subprocess.run(
-                [str(venv / "bin" / "resizer"), "work", "--check"],
-                env=target.env(),
-                capture_output=True,
-            )
-            checks.append(time.monotonic() - began)
-        # 0 or 1 is a verdict (no worker runs here: 1); anything else, no such probe.
-        check = statistics.median(checks) if done.returncode in (0, 1) else None
-    return Footprint(runtime, biggest, rss, start, statistics.median(helps), check, bare)
+            found = {
+                target.name: measure(target, venvs[target.name], redis.url) for target in compared
+            }
+            starts, bare = serve_starts(compared, venvs, redis.url)
+    return {
+        name: attrs.evolve(
+            each,
+            start_s={**each.start_s, "serve": starts[name]},
+            bare_start_s=bare if name == OURS.name else None,
+        )
+        for name, each in found.items()
+    }
 
 
 def footprint(compared: Sequence[Target]) -> list[str]:
@@ -201,13 +239,14 @@ def footprint(compared: Sequence[Target]) -> list[str]:
         "7. footprint: runtime venv (poetry install --only main --compile, no extras; site-packages"
         " without pip/setuptools, plus the package source), idle RSS after"
         f" {IDLE_SECONDS:g} s and start time (serve: to /health 200; work, recover: to the first"
-        f" line written), median of {RUNS}, from that venv against a real Redis",
+        f" line written), median of {RUNS} (serve's: of {START_RUNS}, in turns with the other"
+        " target's and the bare app's), from that venv against a real Redis",
         f"{'target':8} {'runtime MB':>10} {'serve MB':>8} {'serve s':>7} {'work MB':>7}"
         f" {'work s':>6} {'recover MB':>10} {'recover s':>9} {'--help s':>8} {'check s':>7}",
     ]
-    found: dict[str, Footprint] = {}
+    found = measure_all(compared)
     for target in compared:
-        each = found[target.name] = measure(target)
+        each = found[target.name]
         lines.append(
             f"{target.name:8} {each.runtime_mb:10.1f} {each.rss_mb['serve']:8.1f}"
             f" {each.start_s['serve']:7.2f} {each.rss_mb['work']:7.1f} {each.start_s['work']:6.2f}"
