@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import attrs
+from redis import Redis as SyncRedis
 
 from bench import procs, summary
 from bench.load import JSON, RAW
@@ -162,9 +163,53 @@ def run_target(target: Target, corpus: Path, workers: int, count: int) -> list[S
     return runs
 
 
-def floor(corpus: Path, count: int, kernel: dict[str, float]) -> dict[tuple[str, str], float]:
-    """(web + Redis) / kernel of the floor app, for each set that has a bar."""
-    found = {}
+@attrs.frozen
+class Floor:
+    """The floors under one bar, each over the kernel: the floor app's web + Redis, and the
+    floor workers' overhead (their CPU - the kernel) + Redis."""
+
+    app: float
+    workers: float
+
+    @property
+    def total(self) -> float:
+        return self.app + self.workers
+
+
+def floor_workers(path: Path, count: int, workers: int, kernel_ms: float) -> float:
+    """(overhead + Redis) / kernel of ``workers`` ``bench/floor_worker.py`` processes draining
+    ``count`` queued tasks of ``path``'s image."""
+    from bench import floor_worker
+
+    with RedisServer() as redis:
+        assert redis.proc is not None
+        client = SyncRedis.from_url(redis.url)
+        client.set(floor_worker.ORIGINAL, path.read_bytes())
+        ids = [f"t{n}" for n in range(count)]
+        for start in range(0, count, 1000):
+            client.rpush(floor_worker.QUEUE, *ids[start : start + 1000])
+        before = procs.cpu_seconds(redis.proc.pid)
+        running = [
+            subprocess.Popen(
+                [sys.executable, "-m", "bench.floor_worker", redis.url],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(workers)
+        ]
+        results = [json.loads(each.communicate(timeout=900)[0]) for each in running]
+        redis_ms = (procs.cpu_seconds(redis.proc.pid) - before) * 1000
+    tasks = sum(int(r["tasks"]) for r in results)
+    worker_ms = sum(float(r["cpu_s"]) for r in results) * 1000
+    return (worker_ms - tasks * kernel_ms + redis_ms) / tasks / kernel_ms
+
+
+def floor(
+    corpus: Path, count: int, workers: int, kernel: dict[str, float]
+) -> dict[tuple[str, str], Floor]:
+    """The floors under each bar: the floor app's, then the floor workers' (one per file)."""
+    apps = {}
     for label, mode in BARS:
         name = dict(SETS)[label]
         with (
@@ -176,8 +221,12 @@ def floor(corpus: Path, count: int, kernel: dict[str, float]) -> dict[tuple[str,
                 url, lambda: {"web": [app.pid]}, redis.proc.pid, corpus / name, mode, count, 0
             )
         per_task = {k: v * 1000 / int(result["tasks"]) for k, v in cpu.items()}
-        found[(label, mode)] = (per_task["web"] + per_task["redis"]) / kernel[name]
-    return found
+        apps[(label, mode)] = (per_task["web"] + per_task["redis"]) / kernel[name]
+    names = {dict(SETS)[label] for label, _ in BARS}
+    behind = {name: floor_workers(corpus / name, count, workers, kernel[name]) for name in names}
+    return {
+        (label, mode): Floor(app, behind[dict(SETS)[label]]) for (label, mode), app in apps.items()
+    }
 
 
 def end_to_end(
@@ -217,16 +266,22 @@ def end_to_end(
     ours = {(r.label, r.mode): r for r in runs if r.target == OURS.name}
     theirs = {(r.label, r.mode): r for r in runs if r.target != OURS.name}
     floors = (
-        floor(corpus, count, {dict(SETS)[r.label]: r.kernel_ms for r in ours.values()})
+        floor(corpus, count, workers, {dict(SETS)[r.label]: r.kernel_ms for r in ours.values()})
         if ours
         else {}
     )
-    lines.append(
+    lines += [
         "  the floor: bench/floor_app.py (a bare aiohttp app: the body read, decoded, hashed and"
         " stored with one MSET; the long-poll one GET; no queue, worker, log or metric) under the"
-        " same load: (web + Redis) / kernel "
-        + ", ".join(f"{label} {mode} {ratio:.2f}" for (label, mode), ratio in floors.items())
-    )
+        " same load, (web + Redis) / kernel; plus bench/floor_worker.py (LMOVE to a processing"
+        f" list, GET, the kernel, thumbnails SET and LREM in one MULTI/EXEC), {workers} of them"
+        f" draining {count} queued tasks, (overhead + Redis) / kernel:",
+        "  "
+        + ", ".join(
+            f"{label} {mode} {each.app:.2f} + {each.workers:.2f} = {each.total:.2f}"
+            for (label, mode), each in floors.items()
+        ),
+    ]
     for (label, mode), line in BARS.items():
         if (label, mode) not in ours:
             continue
@@ -237,7 +292,11 @@ def end_to_end(
         )
         was = "" if base is None else f"; baseline {base:.2f} ({said})"
         if (label, mode) in floors:
-            was += f"; the floor app: {floors[(label, mode)]:.2f}"
+            under = floors[(label, mode)]
+            was += (
+                f"; the floor: {under.total:.2f} (app {under.app:.2f}"
+                f" + workers {under.workers:.2f})"
+            )
         lines.append(
             summary.judge(
                 f"{label}, {mode} uploads: (web + helpers + worker overhead + Redis) / kernel"
