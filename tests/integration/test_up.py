@@ -70,10 +70,12 @@ def start_up(tmp_path: Path) -> Iterator[StartUp]:
     procs: list[subprocess.Popen[bytes]] = []
     port = free_port()
 
-    def start(*args: str, workers: int = 1) -> Up:
+    def start(*args: str, workers: int | None = 1) -> Up:
+        """``resizer up ARGS``, with ``--workers`` unless ``workers`` is None (the default)."""
         log = tmp_path / f"up-{len(procs)}.log"
         env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
-        argv = resizer_command("up", "--port", str(port), "--workers", str(workers), *args)
+        count = () if workers is None else ("--workers", str(workers))
+        argv = resizer_command("up", "--port", str(port), *count, *args)
         with log.open("wb") as out:
             proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
         procs.append(proc)
@@ -120,6 +122,20 @@ def test_up_restarted_on_its_data_loses_no_acknowledged_task(
         wait_until(lambda: call(f"{first.url}/health")[0] == 0, 30, "the old web to go")
     second = start_up("--data-dir", str(data))
     wait_until(lambda: all(status_of(second.url, t) == "DONE" for t in ids), 60, "every task DONE")
+
+
+def test_up_runs_one_more_worker_than_it_may_use_cores(start_up: StartUp) -> None:
+    """By default: a worker leaves its core idle while it waits on Redis, and one more fills it."""
+    up = start_up("--ephemeral", workers=None)
+    wanted = len(os.sched_getaffinity(0)) + 1
+
+    def workers() -> int:
+        return sum(1 for child in up.pids() if child.startswith("worker-"))
+
+    wait_until(lambda: workers() == wanted, 30, f"{wanted} workers started")
+    done = submit(up.url)
+    wait_until(lambda: status_of(up.url, done) == "DONE", 30, "a task done")
+    assert workers() == wanted
 
 
 def test_a_second_up_on_the_same_data_refuses_to_start(start_up: StartUp, tmp_path: Path) -> None:
