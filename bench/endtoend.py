@@ -181,9 +181,8 @@ def floor_workers(path: Path, count: int, workers: int, kernel_ms: float) -> flo
     ``count`` queued tasks of ``path``'s image."""
     from bench import floor_worker
 
-    with RedisServer() as redis:
+    with RedisServer() as redis, SyncRedis.from_url(redis.url) as client:
         assert redis.proc is not None
-        client = SyncRedis.from_url(redis.url)
         client.set(floor_worker.ORIGINAL, path.read_bytes())
         ids = [f"t{n}" for n in range(count)]
         for start in range(0, count, 1000):
@@ -209,9 +208,10 @@ def floor(
     corpus: Path, count: int, workers: int, kernel: dict[str, float]
 ) -> dict[tuple[str, str], Floor]:
     """The floors under each bar: the floor app's, then the floor workers' (one per file)."""
+    files = dict(SETS)
     apps = {}
     for label, mode in BARS:
-        name = dict(SETS)[label]
+        name = files[label]
         with (
             RedisServer() as redis,
             procs.bench_app("bench.floor_app", redis.url, "/tasks/warm") as (url, app, _),
@@ -222,11 +222,9 @@ def floor(
             )
         per_task = {k: v * 1000 / int(result["tasks"]) for k, v in cpu.items()}
         apps[(label, mode)] = (per_task["web"] + per_task["redis"]) / kernel[name]
-    names = {dict(SETS)[label] for label, _ in BARS}
+    names = {files[label] for label, _ in BARS}
     behind = {name: floor_workers(corpus / name, count, workers, kernel[name]) for name in names}
-    return {
-        (label, mode): Floor(app, behind[dict(SETS)[label]]) for (label, mode), app in apps.items()
-    }
+    return {(label, mode): Floor(app, behind[files[label]]) for (label, mode), app in apps.items()}
 
 
 def end_to_end(
