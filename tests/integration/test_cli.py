@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -241,13 +242,16 @@ def test_every_command_has_help_with_an_example(command: str) -> None:
 
 def test_shell_completion_is_available() -> None:
     installed = Path(sys.executable).parent / "resizer"  # the console script poetry installs
+    # typer finds the shell among the process's ancestors (shellingham), and takes no shell
+    # name from the command line: run it from bash, as a user would. pytest may have no shell
+    # above it (started in the background, its parent gone). "; true" keeps bash from exec'ing.
     result = subprocess.run(
-        [str(installed), "--show-completion", "bash"],
+        ["bash", "-c", f"{shlex.quote(str(installed))} --show-completion; true"],
         capture_output=True,
         text=True,
         timeout=60,
-        check=True,
     )
+    assert result.returncode == 0, result.stderr
     assert "complete -o default -F _resizer_completion resizer" in result.stdout
 
 
