@@ -34,6 +34,7 @@ from resizer.errors import (
     TaskNotFound,
     TaskNotReady,
     Unauthorized,
+    UnsupportedEncoding,
 )
 from resizer.metrics import Metrics, cluster_response
 from resizer.models import (
@@ -188,6 +189,12 @@ async def read_body(
 ) -> None:
     """Hand the body to ``feed`` as it arrives, within the size limit and the idle timeout."""
     limit = settings.max_body_bytes
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise UnsupportedEncoding(
+            f"Content-Encoding {encoding!r} is not accepted: send the body as it is "
+            "(images are compressed already)"
+        )
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"the request body is over the limit of {limit} bytes")
     received = 0
@@ -520,6 +527,9 @@ def make_app(settings: Settings, store: Store | None = None) -> web.Application:
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         middlewares=[error_middleware, token_middleware],
+        # Bodies are read as sent. aiohttp would inflate a compressed one as it arrives, before
+        # any handler looks, and go on after the answer: a megabyte of gzip is a gigabyte.
+        handler_args={"auto_decompress": False},
     )
     app[SETTINGS] = settings
     app[METRICS] = Metrics()

@@ -44,6 +44,13 @@ class PayloadTooLarge(ResizerError):
     code = "payload_too_large"
 
 
+class UnsupportedEncoding(ResizerError):
+    """The body came compressed (``Content-Encoding``): it is taken only as sent."""
+
+    status = 415
+    code = "unsupported_encoding"
+
+
 class InvalidImage(ResizerError):
     """The payload is well-formed but is not an image we accept (not base64, not square...)."""
 

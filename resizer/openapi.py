@@ -105,6 +105,9 @@ def _document() -> dict[str, Any]:
                         },
                         "400": _error("Not JSON, not an object, or `data` missing / not a string"),
                         "413": _error("The body is over RESIZER_MAX_BODY_BYTES"),
+                        "415": _error(
+                            "The body is compressed (a Content-Encoding other than identity)"
+                        ),
                         "422": _error(
                             "`data` is not base64, empty, not an image, not square, "
                             "or over RESIZER_MAX_PIXELS"

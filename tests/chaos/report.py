@@ -23,6 +23,7 @@ SCENARIOS = (
     "No decode helper to kill",
     "Deeply nested JSON",
     "A stalled body",
+    "Compressed bodies",
     "kill -9 of the Redis of up",
     "kill -9 of resizer up",
     "Lost replies",

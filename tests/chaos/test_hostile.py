@@ -16,8 +16,10 @@ import signal
 import socket
 import subprocess
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -249,6 +251,67 @@ def test_stalled_body(cluster_factory: Callable[..., Cluster], figures: Figures)
         figures,
         "408, then the connection is closed",
         f"held {held:.1f} s (RESIZER_BODY_TIMEOUT=5; was over 200 s)",
+        alive=alive(url),
+    )
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has spent so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def gzip_bomb(gib: int) -> bytes:
+    """``gib`` GiB of zeros, gzip-compressed: about a megabyte a GiB."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    zeros = bytes(MiB)
+    return b"".join(packer.compress(zeros) for _ in range(1024 * gib)) + packer.flush()
+
+
+def read_reply(stream: io.BufferedReader) -> tuple[int, Any]:
+    """One HTTP answer with a Content-Length from ``stream``: its status and its JSON."""
+    status = int(stream.readline().split()[1])
+    length = 0
+    while (line := stream.readline()) not in (b"\r\n", b""):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return status, json.loads(stream.read(length))
+
+
+def test_compressed_bodies(cluster_factory: Callable[..., Cluster], figures: Figures) -> None:
+    """Compressed bodies: a GiB of zeros in a megabyte of gzip, as JSON and as an image, the
+    connection kept for a next request."""
+    cluster = cluster_factory(Settings())
+    web, url = cluster.serve()
+    port = int(url.rpartition(":")[2])
+    body = gzip_bomb(1)
+    before = cpu_seconds(web.pid)
+    answers = []
+    for content_type in ("application/json", "image/png"):
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+            sock.sendall(
+                f"POST /tasks HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
+                f"Content-Encoding: gzip\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            # The next request's answer comes once the server has read past the whole body:
+            # whatever reading it cost is spent by then.
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            stream = sock.makefile("rb")
+            (status, error), (health, _) = read_reply(stream), read_reply(stream)
+        assert status == 415, error
+        assert error["error"]["code"] == "unsupported_encoding", error
+        assert health == 200
+        answers.append(f"{content_type}: {status}")
+    spent = cpu_seconds(web.pid) - before
+    # Inflating the two GiB alone costs seconds of CPU (aiohttp did, answer or not).
+    assert spent < 1.0, f"the web spent {spent:.2f} s of CPU on {len(body) // 1024} KB bodies"
+    hostile(
+        figures,
+        "415 unsupported_encoding; bodies are read as sent, never inflated",
+        "; ".join(answers) + f"; web CPU {spent:.2f} s for 2 x 1 GiB of zeros in "
+        f"{len(body) / MiB:.1f} MB of gzip",
         alive=alive(url),
     )
 

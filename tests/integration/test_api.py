@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import io
 import json
 from collections.abc import Awaitable, Callable
@@ -535,6 +536,20 @@ async def test_a_raw_upload_gets_the_same_checks(client: Client) -> None:
     assert "square" in await assert_error(response, 422, "invalid_image")
     response = await client.post("/tasks", data=b"", headers=headers)
     await assert_error(response, 422, "invalid_image")
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "image/png"])
+async def test_a_compressed_body_is_415(client: Client, content_type: str) -> None:
+    data = make_image("PNG", unique=True)
+    body = json.dumps({"data": b64(data)}).encode() if "json" in content_type else data
+    for encoding in ("gzip", "deflate", "GZIP", "identity, gzip"):
+        headers = {"Content-Type": content_type, "Content-Encoding": encoding}
+        response = await client.post("/tasks", data=gzip.compress(body), headers=headers)
+        message = await assert_error(response, 415, "unsupported_encoding")
+        assert "Content-Encoding" in message
+    headers = {"Content-Type": content_type, "Content-Encoding": "identity"}
+    response = await client.post("/tasks", data=body, headers=headers)
+    assert response.status == 201, await response.text()
 
 
 # --- DELETE /tasks/{id} ---------------------------------------------------------------------------
