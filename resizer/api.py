@@ -187,7 +187,8 @@ async def token_middleware(request: web.Request, handler: Handler) -> web.Stream
 async def read_body(
     request: web.Request, feed: Callable[[bytes], None], settings: Settings
 ) -> None:
-    """Hand the body to ``feed`` as it arrives, within the size limit and the idle timeout."""
+    """Hand the body to ``feed`` as it arrives, within the size limit, the stall timeout and
+    the minimum rate."""
     limit = settings.max_body_bytes
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
@@ -198,13 +199,25 @@ async def read_body(
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"the request body is over the limit of {limit} bytes")
     received = 0
+    stall, rate = settings.body_timeout_seconds, settings.body_min_rate
+    started = time.monotonic()
     while True:
+        # A pause may last ``stall``; past it, the body must average ``rate``: a client that
+        # sends a byte now and then would otherwise hold its connection for days.
+        wait = stall
+        if rate:
+            wait = min(wait, started + stall + received / rate - time.monotonic())
         try:
-            async with asyncio.timeout(settings.body_timeout_seconds):
+            async with asyncio.timeout(max(wait, 0)):
                 chunk = await request.content.readany()
         except TimeoutError:
+            if wait < stall:
+                raise RequestTimeout(
+                    f"the body arrives slower than {rate} bytes a second on average "
+                    "(RESIZER_BODY_MIN_RATE); the connection is closed"
+                ) from None
             raise RequestTimeout(
-                f"no part of the body arrived for {settings.body_timeout_seconds:g} s "
+                f"no part of the body arrived for {stall:g} s "
                 "(RESIZER_BODY_TIMEOUT); the connection is closed"
             ) from None
         if not chunk:
@@ -527,9 +540,7 @@ def make_app(settings: Settings, store: Store | None = None) -> web.Application:
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         middlewares=[error_middleware, token_middleware],
-        # Bodies are read as sent. aiohttp would inflate a compressed one as it arrives, before
-        # any handler looks, and go on after the answer: a megabyte of gzip is a gigabyte.
-        handler_args={"auto_decompress": False},
+        handler_args=_connection_args(settings),
     )
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
@@ -572,9 +583,24 @@ def make_app(settings: Settings, store: Store | None = None) -> web.Application:
     return app
 
 
+def _connection_args(settings: Settings) -> dict[str, object]:
+    """How aiohttp treats each connection (``handler_args``)."""
+    return {
+        # Bodies are read as sent. aiohttp would inflate a compressed one as it arrives, before
+        # any handler looks, and go on after the answer: a megabyte of gzip is a gigabyte.
+        "auto_decompress": False,
+        # aiohttp closes a connection that goes this long without a whole request's headers:
+        # idle, or sending them a byte at a time. Load balancers keep idle connections 60 s,
+        # and must be the ones to close them first.
+        "keepalive_timeout": settings.idle_timeout_seconds,
+    }
+
+
 def make_metrics_app(main: web.Application) -> web.Application:
     """The metrics alone, for ``RESIZER_METRICS_ADDR``: an address that need not be public."""
-    app = web.Application(middlewares=[error_middleware])
+    app = web.Application(
+        middlewares=[error_middleware], handler_args=_connection_args(main[SETTINGS])
+    )
     app[SETTINGS] = main[SETTINGS]
     app[METRICS] = main[METRICS]
     app.on_response_prepare.append(_common_headers)

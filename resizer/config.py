@@ -533,6 +533,20 @@ class Settings:
         kind=Seconds(),
         help="longest a request or response body may stall before its connection is closed",
     )
+    body_min_rate: int = setting(
+        1024,
+        env="RESIZER_BODY_MIN_RATE",
+        kind=Integer(0),
+        help="slowest a request body may arrive on average, in bytes a second, once its first "
+        "RESIZER_BODY_TIMEOUT is over (0: no floor)",
+    )
+    idle_timeout_seconds: float = setting(
+        75.0,
+        env="RESIZER_IDLE_TIMEOUT",
+        kind=Seconds(),
+        help="longest a connection may go without a whole request's headers (idle, or sending "
+        "them slowly) before it is closed",
+    )
     metrics_addr: Address | None = setting(
         None,
         env="RESIZER_METRICS_ADDR",

@@ -104,6 +104,10 @@ def _document() -> dict[str, Any]:
                             },
                         },
                         "400": _error("Not JSON, not an object, or `data` missing / not a string"),
+                        "408": _error(
+                            "The body stalled for RESIZER_BODY_TIMEOUT, or arrived slower than "
+                            "RESIZER_BODY_MIN_RATE; the connection is closed"
+                        ),
                         "413": _error("The body is over RESIZER_MAX_BODY_BYTES"),
                         "415": _error(
                             "The body is compressed (a Content-Encoding other than identity)"

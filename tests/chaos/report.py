@@ -24,6 +24,7 @@ SCENARIOS = (
     "Deeply nested JSON",
     "A stalled body",
     "Compressed bodies",
+    "Slow clients",
     "kill -9 of the Redis of up",
     "kill -9 of resizer up",
     "Lost replies",

@@ -18,6 +18,7 @@ import subprocess
 import time
 import zlib
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -251,6 +252,67 @@ def test_stalled_body(cluster_factory: Callable[..., Cluster], figures: Figures)
         figures,
         "408, then the connection is closed",
         f"held {held:.1f} s (RESIZER_BODY_TIMEOUT=5; was over 200 s)",
+        alive=alive(url),
+    )
+
+
+def test_slow_clients(cluster_factory: Callable[..., Cluster], figures: Figures) -> None:
+    """Slow clients: 20 connections opened and left idle, 20 sending their headers a byte at a
+    time (slowloris), 20 sending a body a byte at a time."""
+    cluster = cluster_factory(Settings(idle_timeout_seconds=5.0, body_timeout_seconds=5.0))
+    _, url = cluster.serve()
+    port = int(url.rpartition(":")[2])
+    starts = {
+        "idle": b"",
+        "headers": b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ",
+        "body": b"POST /tasks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 100000\r\n\r\n",
+    }
+    socks = {
+        kind: [socket.create_connection(("127.0.0.1", port)) for _ in range(20)] for kind in starts
+    }
+    started = time.monotonic()
+    closed: dict[str, float] = {}
+    answers = dict.fromkeys(starts, b"")
+    gone: set[socket.socket] = set()
+    for kind, each in socks.items():
+        for sock in each:
+            sock.sendall(starts[kind])
+            sock.setblocking(False)
+    while len(closed) < len(starts) and time.monotonic() - started < 120:
+        for kind, each in socks.items():
+            for sock in each:
+                if sock in gone:
+                    continue
+                try:
+                    data = sock.recv(4096)
+                except BlockingIOError:
+                    data = None
+                except OSError:
+                    data = b""
+                if data == b"":
+                    gone.add(sock)
+                elif data:
+                    answers[kind] += data  # answered: it sends no more
+                elif kind != "idle":
+                    with suppress(OSError):
+                        sock.send(b" ")
+            if kind not in closed and gone.issuperset(each):
+                closed[kind] = time.monotonic() - started
+        time.sleep(1)  # a byte a second from each slow client
+    for each in socks.values():
+        for sock in each:
+            sock.close()
+    assert set(closed) == set(starts), f"still held after 120 s: {set(starts) - set(closed)}"
+    assert answers["body"].count(b"HTTP/1.1 408") == 20, answers["body"][:200]
+    assert b"RESIZER_BODY_MIN_RATE" in answers["body"]
+    assert answers["idle"] == answers["headers"] == b""
+    hostile(
+        figures,
+        "idle and slow-header connections closed unanswered (RESIZER_IDLE_TIMEOUT); slow bodies "
+        "408 under RESIZER_BODY_MIN_RATE",
+        "; ".join(f"{kind} held {seconds:.1f} s" for kind, seconds in closed.items())
+        + " (RESIZER_IDLE_TIMEOUT=5, RESIZER_BODY_TIMEOUT=5, RESIZER_BODY_MIN_RATE=1024)",
         alive=alive(url),
     )
 

@@ -639,6 +639,104 @@ async def test_a_stalled_body_is_answered_408_and_its_connection_closed(
     assert held < 5, f"the connection was held {held:.1f} s"
 
 
+async def drip(writer: Any, data: bytes, size: int, every: float) -> None:
+    """Send ``data`` ``size`` bytes at a time, one piece every ``every`` seconds."""
+    import asyncio
+
+    for i in range(0, len(data), size):
+        writer.write(data[i : i + size])
+        await asyncio.sleep(every)
+
+
+async def test_a_body_slower_than_the_minimum_rate_is_a_408(
+    aiohttp_server: Callable[[web.Application], Awaitable[Any]], real_settings: Settings
+) -> None:
+    """Never stalled long enough for RESIZER_BODY_TIMEOUT, yet under RESIZER_BODY_MIN_RATE."""
+    import asyncio
+    import time
+
+    slow = attrs.evolve(real_settings, body_timeout_seconds=0.5, body_min_rate=100)
+    server = await aiohttp_server(make_app(slow))
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(
+        b"POST /tasks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 100000\r\n\r\n"
+    )
+    started = time.monotonic()
+    # 10 bytes every 0.2 s: 50 bytes a second, pauses well under the stall timeout.
+    sending = asyncio.create_task(drip(writer, b" " * 100_000, 10, 0.2))
+    async with asyncio.timeout(10):
+        answer = await reader.read()  # until the server closes the connection
+    held = time.monotonic() - started
+    sending.cancel()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+    assert b"RESIZER_BODY_MIN_RATE" in answer
+    assert held < 5, f"the connection was held {held:.1f} s"
+
+
+async def test_a_slow_body_over_the_minimum_rate_is_taken(
+    aiohttp_server: Callable[[web.Application], Awaitable[Any]], real_settings: Settings
+) -> None:
+    import asyncio
+
+    slow = attrs.evolve(real_settings, body_timeout_seconds=0.5, body_min_rate=100)
+    server = await aiohttp_server(make_app(slow))
+    body = json.dumps({"data": b64(make_image("PNG", size=8, unique=True))}).encode()
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(
+        b"POST /tasks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+    )
+    await drip(writer, body, 30, 0.1)  # 300 bytes a second, for over a second
+    async with asyncio.timeout(10):
+        head = await reader.readuntil(b"\r\n\r\n")
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 201"), head
+
+
+@pytest.mark.parametrize(
+    ("served_first", "sent"),
+    [
+        (False, b""),
+        (True, b""),
+        (False, b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: "),
+        (True, b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: "),
+    ],
+    ids=["idle-new", "idle-after-a-request", "slow-headers-new", "slow-headers-after-a-request"],
+)
+async def test_a_connection_without_a_whole_request_is_closed(
+    aiohttp_server: Callable[[web.Application], Awaitable[Any]],
+    real_settings: Settings,
+    served_first: bool,
+    sent: bytes,
+) -> None:
+    """RESIZER_IDLE_TIMEOUT: a connection left idle, or sending its headers a byte at a time
+    (slowloris), is closed unanswered, whether or not it was served a request before."""
+    import asyncio
+    import time
+
+    impatient = attrs.evolve(real_settings, idle_timeout_seconds=0.5)
+    server = await aiohttp_server(make_app(impatient))
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    if served_first:
+        writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        await reader.readexactly(int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0]))
+    writer.write(sent)
+    started = time.monotonic()
+    # A byte every 0.1 s: never a pause as long as the timeout.
+    sending = asyncio.create_task(drip(writer, b"a" * 10_000, 1, 0.1) if sent else asyncio.sleep(0))
+    async with asyncio.timeout(10):
+        rest = await reader.read()  # until the server closes the connection
+    held = time.monotonic() - started
+    sending.cancel()
+    writer.close()
+    assert rest == b""
+    assert held < 5, f"the connection was held {held:.1f} s"
+
+
 async def test_a_client_that_stops_reading_an_original_is_dropped(
     aiohttp_server: Callable[[web.Application], Awaitable[Any]], real_settings: Settings
 ) -> None:

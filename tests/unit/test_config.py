@@ -48,6 +48,7 @@ def test_defaults() -> None:
     assert settings.original_ttl_seconds == settings.ttl_seconds
     assert settings.min_replicas == 0
     assert settings.body_timeout_seconds == 30
+    assert (settings.body_min_rate, settings.idle_timeout_seconds) == (1024, 75)
     assert settings.metrics_addr is None
     assert (settings.log_level, settings.log_format) == (LogLevel.INFO, LogFormat.AUTO)
     assert settings.heartbeat_seconds == 10
@@ -79,6 +80,8 @@ def test_defaults() -> None:
         ("RESIZER_ORIGINAL_TTL_SECONDS", "120", "original_ttl_seconds", 120),
         ("RESIZER_MIN_REPLICAS", "0", "min_replicas", 0),
         ("RESIZER_BODY_TIMEOUT", "2.5", "body_timeout_seconds", 2.5),
+        ("RESIZER_BODY_MIN_RATE", "0", "body_min_rate", 0),
+        ("RESIZER_IDLE_TIMEOUT", "15", "idle_timeout_seconds", 15),
         ("RESIZER_METRICS_ADDR", "0.0.0.0:9100", "metrics_addr", Address("0.0.0.0", 9100)),
         ("RESIZER_METRICS_ADDR", "[::1]:9100", "metrics_addr", Address("::1", 9100)),
         ("RESIZER_LOG_LEVEL", "debug", "log_level", LogLevel.DEBUG),
@@ -189,6 +192,8 @@ def test_to_env_gives_a_child_process_the_same_settings() -> None:
         original_ttl_seconds=70,
         min_replicas=2,
         body_timeout_seconds=1234567.125,
+        body_min_rate=0,
+        idle_timeout_seconds=0.25,
         metrics_addr=Address("::1", 9100),
         log_level=LogLevel.DEBUG,
         log_format=LogFormat.CONSOLE,
