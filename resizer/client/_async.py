@@ -94,6 +94,8 @@ class AsyncClient:
         return await run_async(operation, self._send)
 
     async def _send(self, request: HttpRequest) -> HttpResponse:
+        if request.after:
+            await asyncio.sleep(request.after)
         if self._session is None:
             self._session = aiohttp.ClientSession()
         # Already escaped by the protocol: yarl must not undo "%2E" into a dot segment.

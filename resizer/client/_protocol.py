@@ -35,6 +35,9 @@ from resizer.models import (
 T = TypeVar("T")
 
 CONNECT_TIMEOUT_SECONDS = 5.0
+OVERLOADED_TRIES = 5
+"""How many times an upload is sent to a server that answers 503 overloaded."""
+MAX_RETRY_AFTER_SECONDS = 10.0
 
 EXTENSIONS: Mapping[str, str] = {
     "jpeg": "jpg",
@@ -83,6 +86,8 @@ class HttpRequest:
     timeout: float
     """Seconds for the whole exchange, a long-poll's wait included."""
     body: bytes | None = attrs.field(default=None, repr=False)
+    after: float = 0.0
+    """Seconds to wait before sending it (a server that asked to be asked again later)."""
 
 
 @attrs.frozen
@@ -172,10 +177,19 @@ class Api:
     # --- operations ---------------------------------------------------------------------------
 
     def submit(self, data: bytes) -> Operation[TaskCreated]:
-        """Upload the image as the raw body (no base64 on either side)."""
-        response = yield self._request(
+        """Upload the image as the raw body (no base64 on either side).
+
+        A server that holds all the uploads it may (``503 overloaded``: nothing was stored) is
+        asked again after its ``Retry-After``, up to ``OVERLOADED_TRIES`` times in all.
+        """
+        request = self._request(
             "POST", "/tasks", body=data, content_type="application/octet-stream"
         )
+        response = yield request
+        for _ in range(OVERLOADED_TRIES - 1):
+            if response.status != 503 or self._api_error(response).code != "overloaded":
+                break
+            response = yield attrs.evolve(request, after=_retry_after(response))
         return self._json(response, TaskCreated, expect=201)
 
     def status(self, task_id: str, wait: float = 0.0) -> Operation[TaskView]:
@@ -299,6 +313,15 @@ class Api:
             f"the server answered an image of type {media[:80]!r}, not one of "
             + ", ".join(EXTENSIONS)
         )
+
+
+def _retry_after(response: HttpResponse) -> float:
+    """The answer's ``Retry-After`` in seconds (1 when absent or a date), within reason."""
+    try:
+        seconds = float(response.headers.get("retry-after", "1"))
+    except ValueError:
+        seconds = 1.0
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS) if seconds == seconds else 1.0
 
 
 def run(operation: Operation[T], send: Callable[[HttpRequest], HttpResponse]) -> T:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import time
 from types import TracebackType
 from urllib.parse import urlsplit
 
@@ -98,6 +99,8 @@ class Client:
         return run(operation, self._send)
 
     def _send(self, request: HttpRequest) -> HttpResponse:
+        if request.after:
+            time.sleep(request.after)
         # A request on a kept-alive connection that the server has closed fails before the
         # server reads it: it is sent once more on a new connection. A new connection's failure
         # is reported.

@@ -22,6 +22,7 @@ from aiohttp.test_utils import TestServer
 import resizer
 from resizer import AsyncClient, Client
 from resizer.client import FetchedImage
+from resizer.client._protocol import OVERLOADED_TRIES
 from resizer.embedded import free_port
 from resizer.models import ImageSize, TaskCreated, TaskStatus, TaskView
 
@@ -386,6 +387,44 @@ async def test_server_errors_are_api_errors_with_status_and_code(
         await client.status("t1")
     assert (proxy.value.status, proxy.value.code) == (502, "http_error")
     assert "Bad Gateway" in proxy.value.message
+
+
+async def test_an_overloaded_server_is_asked_again_after_its_retry_after(
+    fake_server: StartFake, connect: Connect
+) -> None:
+    """503 overloaded stored nothing: the same upload goes again, Retry-After seconds later."""
+    answers = [0.05, 0.0, None]  # Retry-After of each 503, then a 201
+
+    async def busy_twice(request: web.Request) -> web.Response:
+        after = answers.pop(0)
+        if after is None:
+            return web.json_response({"id": "t1", "status": "WAITING"}, status=201)
+        refused = error(503, "overloaded", "this server holds its limit of uploads")
+        refused.headers["Retry-After"] = f"{after:g}"
+        return refused
+
+    fake = await fake_server(busy_twice)
+    client = connect(fake.url)
+    started = asyncio.get_running_loop().time()
+    assert (await client.submit(PNG)).id == "t1"
+    assert asyncio.get_running_loop().time() - started >= 0.05  # it waited as asked
+    assert [seen.body for seen in fake.seen] == [PNG, PNG, PNG]
+
+
+async def test_an_upload_refused_as_overloaded_every_time_is_an_api_error(
+    fake_server: StartFake, connect: Connect
+) -> None:
+    async def always_busy(request: web.Request) -> web.Response:
+        refused = error(503, "overloaded", "this server holds its limit of uploads")
+        refused.headers["Retry-After"] = "0"
+        return refused
+
+    fake = await fake_server(always_busy)
+    client = connect(fake.url)
+    with pytest.raises(resizer.ApiError) as refused:
+        await client.submit(PNG)
+    assert (refused.value.status, refused.value.code) == (503, "overloaded")
+    assert len(fake.seen) == OVERLOADED_TRIES
 
 
 async def test_an_answer_of_the_wrong_shape_is_a_bad_response(
