@@ -15,8 +15,8 @@ import mimetypes
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack, suppress
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack, contextmanager, suppress
 from typing import Any
 
 import structlog
@@ -27,6 +27,7 @@ from resizer.config import Settings
 from resizer.errors import (
     BadRequest,
     ImageGone,
+    Overloaded,
     PayloadTooLarge,
     RequestTimeout,
     ResizerError,
@@ -184,11 +185,51 @@ async def token_middleware(request: web.Request, handler: Handler) -> web.Stream
     return await handler(request)
 
 
+class UploadBudget:
+    """The upload bytes a web process holds at once (``RESIZER_UPLOAD_BUDGET``).
+
+    An upload is held whole until it is stored, so without a bound the process would grow with
+    every upload in flight. An upload that would take the total past the limit is refused with
+    a 503 (``Overloaded``), unless it is the only one: the largest body allowed always gets in.
+    Bytes are counted as they arrive, not as declared, so a client must send them to use them.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    @contextmanager
+    def holding(self) -> Iterator[Callable[[int], None]]:
+        """A ``take(n)`` for one upload's bytes; all it took is given back on exit."""
+        mine = 0
+
+        def take(n: int) -> None:
+            nonlocal mine
+            if self.held > mine and self.held + n > self.limit:
+                raise Overloaded(
+                    f"this server holds its limit of {self.limit} bytes of uploads in flight "
+                    "(RESIZER_UPLOAD_BUDGET); retry in a moment"
+                )
+            self.held += n
+            mine += n
+
+        try:
+            yield take
+        finally:
+            self.held -= mine
+
+
+UPLOADS = web.AppKey("uploads", UploadBudget)
+
+
 async def read_body(
-    request: web.Request, feed: Callable[[bytes], None], settings: Settings
+    request: web.Request,
+    feed: Callable[[bytes], None],
+    settings: Settings,
+    take: Callable[[int], None],
 ) -> None:
-    """Hand the body to ``feed`` as it arrives, within the size limit, the stall timeout and
-    the minimum rate."""
+    """Hand the body to ``feed`` as it arrives, each chunk ``take``n first, within the size
+    limit, the stall timeout and the minimum rate."""
     limit = settings.max_body_bytes
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
@@ -198,34 +239,36 @@ async def read_body(
         )
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"the request body is over the limit of {limit} bytes")
-    received = 0
     stall, rate = settings.body_timeout_seconds, settings.body_min_rate
-    started = time.monotonic()
+    # Each ``stall`` seconds of the body must bring ``quota`` bytes: a pause may last ``stall``,
+    # and a client that sends a burst, then a byte now and then, cannot hold what it sent.
+    quota = max(1, int(rate * stall))
+    received, window, window_ends = 0, 0, time.monotonic() + stall
     while True:
-        # A pause may last ``stall``; past it, the body must average ``rate``: a client that
-        # sends a byte now and then would otherwise hold its connection for days.
-        wait = stall
-        if rate:
-            wait = min(wait, started + stall + received / rate - time.monotonic())
         try:
-            async with asyncio.timeout(max(wait, 0)):
+            async with asyncio.timeout(max(window_ends - time.monotonic(), 0)):
                 chunk = await request.content.readany()
         except TimeoutError:
-            if wait < stall:
+            if quota == 1:
                 raise RequestTimeout(
-                    f"the body arrives slower than {rate} bytes a second on average "
-                    "(RESIZER_BODY_MIN_RATE); the connection is closed"
+                    f"no part of the body arrived for {stall:g} s "
+                    "(RESIZER_BODY_TIMEOUT); the connection is closed"
                 ) from None
             raise RequestTimeout(
-                f"no part of the body arrived for {stall:g} s "
-                "(RESIZER_BODY_TIMEOUT); the connection is closed"
+                f"the body brought less than {quota} bytes in {stall:g} s: it must arrive at "
+                f"{rate} bytes a second (RESIZER_BODY_MIN_RATE) over every RESIZER_BODY_TIMEOUT; "
+                "the connection is closed"
             ) from None
         if not chunk:
             return
         received += len(chunk)
         if received > limit:
             raise PayloadTooLarge(f"the request body is over the limit of {limit} bytes")
+        take(len(chunk))
         feed(chunk)
+        window += len(chunk)
+        if window >= quota:
+            window, window_ends = 0, time.monotonic() + stall
 
 
 def is_raw_upload(request: web.Request) -> bool:
@@ -239,11 +282,12 @@ def is_raw_upload(request: web.Request) -> bool:
 async def create_task(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     reader = RawUpload() if is_raw_upload(request) else JsonUpload()
-    await read_body(request, reader.feed, settings)
-    data, digest = reader.finish()
-    info = header.inspect(data, settings.max_pixels, settings.max_decode_bytes)
-    upload = Upload(info=info, data=data, digest=digest)
-    task = await request.app[STORE].create_task(upload)
+    with request.app[UPLOADS].holding() as take:
+        await read_body(request, reader.feed, settings, take)
+        data, digest = reader.finish()
+        info = header.inspect(data, settings.max_pixels, settings.max_decode_bytes)
+        upload = Upload(info=info, data=data, digest=digest)
+        task = await request.app[STORE].create_task(upload)
     log.info(
         "task.created",
         task_id=task.id,
@@ -544,6 +588,7 @@ def make_app(settings: Settings, store: Store | None = None) -> web.Application:
     )
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
+    app[UPLOADS] = UploadBudget(settings.upload_budget_bytes)
 
     async def redis_pool(app: web.Application) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:

@@ -537,8 +537,15 @@ class Settings:
         1024,
         env="RESIZER_BODY_MIN_RATE",
         kind=Integer(0),
-        help="slowest a request body may arrive on average, in bytes a second, once its first "
-        "RESIZER_BODY_TIMEOUT is over (0: no floor)",
+        help="slowest a request body may arrive, in bytes a second, over each "
+        "RESIZER_BODY_TIMEOUT of it (0: any progress will do)",
+    )
+    upload_budget_bytes: int = setting(
+        128 * MiB,
+        env="RESIZER_UPLOAD_BUDGET",
+        kind=Integer(unit="bytes"),
+        help="most upload bytes a web process holds at once; an upload that would take it past "
+        "this is answered 503 (one upload alone always proceeds)",
     )
     idle_timeout_seconds: float = setting(
         75.0,

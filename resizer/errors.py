@@ -92,6 +92,13 @@ class ServiceUnavailable(ResizerError):
     retry_after = 5
 
 
+class Overloaded(ServiceUnavailable):
+    """The web process holds as many upload bytes as it may (``RESIZER_UPLOAD_BUDGET``)."""
+
+    code = "overloaded"
+    retry_after = 1
+
+
 class ImageDecodeError(ResizerError):
     """The worker could not decode an image that passed the header check: a permanent failure."""
 

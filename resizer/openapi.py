@@ -116,7 +116,10 @@ def _document() -> dict[str, Any]:
                             "`data` is not base64, empty, not an image, not square, "
                             "or over RESIZER_MAX_PIXELS"
                         ),
-                        "503": _error("Redis is unreachable"),
+                        "503": _error(
+                            "Redis is unreachable, or this server holds RESIZER_UPLOAD_BUDGET of "
+                            "uploads already (overloaded)"
+                        ),
                         "507": _error("Redis is full (maxmemory with noeviction)"),
                     },
                 }

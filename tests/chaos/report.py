@@ -25,6 +25,7 @@ SCENARIOS = (
     "A stalled body",
     "Compressed bodies",
     "Slow clients",
+    "An upload flood",
     "kill -9 of the Redis of up",
     "kill -9 of resizer up",
     "Lost replies",

@@ -17,7 +17,9 @@ import socket
 import subprocess
 import time
 import zlib
+from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -313,6 +315,36 @@ def test_slow_clients(cluster_factory: Callable[..., Cluster], figures: Figures)
         "408 under RESIZER_BODY_MIN_RATE",
         "; ".join(f"{kind} held {seconds:.1f} s" for kind, seconds in closed.items())
         + " (RESIZER_IDLE_TIMEOUT=5, RESIZER_BODY_TIMEOUT=5, RESIZER_BODY_MIN_RATE=1024)",
+        alive=alive(url),
+    )
+
+
+def test_upload_flood(cluster_factory: Callable[..., Cluster], figures: Figures) -> None:
+    """An upload flood: 16 photos of 9 MB at once, against a budget of 48 MiB of uploads."""
+    budget = 48 * MiB
+    cluster = cluster_factory(Settings(upload_budget_bytes=budget))
+    web, url = cluster.serve()
+    photos = [make_noise_image("PNG", size=1750 + i) for i in range(16)]
+    assert all(8 * MiB < len(photo) < 10 * MiB for photo in photos)
+    idle = rss_kib(web.pid) / 1024
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda photo: post_raw(url, photo), photos))
+    peak = rss_kib(web.pid, "VmHWM") / 1024
+    codes = Counter(status for status, _ in answers)
+    assert set(codes) <= {201, 503}, codes
+    assert codes[201] >= 1, codes
+    refusals = [json.dumps(body) for status, body in answers if status == 503]
+    assert all('"code": "overloaded"' in refusal for refusal in refusals), refusals
+    assert codes[503] >= 1, "16 uploads of 9 MB fit in 48 MiB?"
+    # Each upload held is joined once before it goes to Redis (twice the budget), and the
+    # allocator keeps up to WEB_TRIM_ABOVE of freed heap for the next uploads.
+    bound = (2 * budget + memory.WEB_TRIM_ABOVE) / MiB + 32
+    assert peak - idle < bound, f"the web grew by {peak - idle:.0f} MiB, over {bound:.0f}"
+    hostile(
+        figures,
+        "503 overloaded past RESIZER_UPLOAD_BUDGET (Retry-After: 1); the others stored",
+        f"{codes[201]} stored, {codes[503]} refused; web peak RSS +{peak - idle:.0f} MiB "
+        f"(budget {budget // MiB} MiB)",
         alive=alive(url),
     )
 

@@ -11,11 +11,11 @@ from typing import Any
 
 import attrs
 import pytest
-from aiohttp import web
+from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestClient
 from PIL import Image
 
-from resizer.api import COMPLETIONS, make_app
+from resizer.api import COMPLETIONS, UPLOADS, make_app
 from resizer.config import Settings
 from resizer.embedded import free_port
 from resizer.models import TaskStatus
@@ -673,6 +673,87 @@ async def test_a_body_slower_than_the_minimum_rate_is_a_408(
     assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
     assert b"RESIZER_BODY_MIN_RATE" in answer
     assert held < 5, f"the connection was held {held:.1f} s"
+
+
+async def test_a_burst_then_a_byte_now_and_then_is_a_408(
+    aiohttp_server: Callable[[web.Application], Awaitable[Any]], real_settings: Settings
+) -> None:
+    """The rate holds over every RESIZER_BODY_TIMEOUT of the body, not on average: 50 KB at
+    once do not buy the client minutes of trickling (here, 500 s at 100 bytes a second)."""
+    import asyncio
+    import time
+
+    slow = attrs.evolve(real_settings, body_timeout_seconds=0.5, body_min_rate=100)
+    server = await aiohttp_server(make_app(slow))
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(
+        b"POST /tasks HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+        b"Content-Length: 100000\r\n\r\n" + b"\0" * 50_000
+    )
+    started = time.monotonic()
+    sending = asyncio.create_task(drip(writer, b"\0" * 50_000, 1, 0.2))
+    async with asyncio.timeout(10):
+        answer = await reader.read()  # until the server closes the connection
+    held = time.monotonic() - started
+    sending.cancel()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+    assert b"RESIZER_BODY_MIN_RATE" in answer
+    assert held < 5, f"the connection was held {held:.1f} s"
+
+
+async def test_uploads_past_the_budget_are_503_and_it_is_given_back(
+    aiohttp_server: Callable[[web.Application], Awaitable[Any]], real_settings: Settings
+) -> None:
+    """RESIZER_UPLOAD_BUDGET: one upload holds 60 KB of a 100 KB budget while it pauses; a
+    second one of 60 KB is refused (503, Retry-After); once the first is stored, a third gets in,
+    and nothing stays held."""
+    import asyncio
+
+    tight = attrs.evolve(real_settings, upload_budget_bytes=100_000, body_timeout_seconds=10)
+    app = make_app(tight)
+    server = await aiohttp_server(app)
+    first, second, third = (make_noise_image("PNG", size=160) for _ in range(3))
+    assert 60_000 < len(first) < 100_000
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(
+        b"POST /tasks HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+        + f"Content-Length: {len(first)}\r\n\r\n".encode()
+        + first[:60_000]
+    )
+
+    async def held() -> bool:
+        return app[UPLOADS].held == 60_000
+
+    await await_until(held, 10, "the first upload's 60 KB")
+    async with ClientSession() as session:
+        url = f"http://{server.host}:{server.port}/tasks"
+        headers = {"Content-Type": "image/png"}
+        async with session.post(url, data=second, headers=headers) as refused:
+            assert await assert_error(refused, 503, "overloaded")
+            assert refused.headers["Retry-After"] == "1"
+        writer.write(first[60_000:])
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 201"), head
+        async with session.post(url, data=third, headers=headers) as taken:
+            assert taken.status == 201, await taken.text()
+    writer.close()
+    assert app[UPLOADS].held == 0
+
+
+async def test_one_upload_over_the_budget_alone_gets_in(
+    aiohttp_server: Callable[[web.Application], Awaitable[Any]], real_settings: Settings
+) -> None:
+    tight = attrs.evolve(real_settings, upload_budget_bytes=1_000)
+    app = make_app(tight)
+    client = await aiohttp_server(app)
+    data = make_noise_image("PNG", size=60)
+    assert len(data) > 1_000
+    async with ClientSession() as session:
+        url = f"http://{client.host}:{client.port}/tasks"
+        async with session.post(url, data=data, headers={"Content-Type": "image/png"}) as taken:
+            assert taken.status == 201, await taken.text()
+    assert app[UPLOADS].held == 0
 
 
 async def test_a_slow_body_over_the_minimum_rate_is_taken(

@@ -49,6 +49,7 @@ def test_defaults() -> None:
     assert settings.min_replicas == 0
     assert settings.body_timeout_seconds == 30
     assert (settings.body_min_rate, settings.idle_timeout_seconds) == (1024, 75)
+    assert settings.upload_budget_bytes == 128 * MiB
     assert settings.metrics_addr is None
     assert (settings.log_level, settings.log_format) == (LogLevel.INFO, LogFormat.AUTO)
     assert settings.heartbeat_seconds == 10
@@ -82,6 +83,7 @@ def test_defaults() -> None:
         ("RESIZER_BODY_TIMEOUT", "2.5", "body_timeout_seconds", 2.5),
         ("RESIZER_BODY_MIN_RATE", "0", "body_min_rate", 0),
         ("RESIZER_IDLE_TIMEOUT", "15", "idle_timeout_seconds", 15),
+        ("RESIZER_UPLOAD_BUDGET", "1048576", "upload_budget_bytes", MiB),
         ("RESIZER_METRICS_ADDR", "0.0.0.0:9100", "metrics_addr", Address("0.0.0.0", 9100)),
         ("RESIZER_METRICS_ADDR", "[::1]:9100", "metrics_addr", Address("::1", 9100)),
         ("RESIZER_LOG_LEVEL", "debug", "log_level", LogLevel.DEBUG),
@@ -193,6 +195,7 @@ def test_to_env_gives_a_child_process_the_same_settings() -> None:
         min_replicas=2,
         body_timeout_seconds=1234567.125,
         body_min_rate=0,
+        upload_budget_bytes=4096,
         idle_timeout_seconds=0.25,
         metrics_addr=Address("::1", 9100),
         log_level=LogLevel.DEBUG,
