@@ -228,8 +228,8 @@ async def read_body(
     settings: Settings,
     take: Callable[[int], None],
 ) -> None:
-    """Hand the body to ``feed`` as it arrives, each chunk ``take``n first, within the size
-    limit, the stall timeout and the minimum rate."""
+    """Hand the body to ``feed`` as it arrives, each chunk counted by ``take`` first (the
+    upload budget), within the size limit, the stall timeout and the minimum rate."""
     limit = settings.max_body_bytes
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
