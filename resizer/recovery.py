@@ -12,7 +12,14 @@ from resizer import faults, liveness, shutdown
 from resizer.backoff import Backoff
 from resizer.config import Settings
 from resizer.models import RecoveryReport
-from resizer.store import REDIS_DOWN, REDIS_FULL, Store, open_store, unavailable
+from resizer.store import (
+    REDIS_DOWN,
+    REDIS_FULL,
+    Store,
+    open_store,
+    outage_event,
+    unavailable,
+)
 
 log = structlog.get_logger("resizer.recovery")
 
@@ -67,7 +74,7 @@ async def run_recovery(settings: Settings, every: float | None) -> None:
                 if every is None:
                     raise unavailable(exc) from None
                 delay = backoff.next()
-                log.warning("redis.unreachable", error=str(exc), retry_in=delay)
+                log.warning(outage_event(exc), error=str(exc), retry_in=delay)
             if delay is None:
                 return
             if await _wait_alive(stop, delay):

@@ -26,7 +26,7 @@ from resizer.config import Settings
 from resizer.errors import ImageDecodeError
 from resizer.models import Claim, Thumbnail, WorkerRecord
 from resizer.recovery import recover_once
-from resizer.store import REDIS_DOWN, REDIS_FULL, Store, open_store
+from resizer.store import REDIS_DOWN, REDIS_FULL, Store, open_store, outage_event
 
 log = structlog.get_logger("resizer.worker")
 
@@ -90,8 +90,7 @@ class Worker:
             except REDIS_DOWN + REDIS_FULL as exc:
                 # A full Redis (maxmemory) is waited out like an outage, not a crash.
                 delay = backoff.next()
-                event = "redis.full" if isinstance(exc, REDIS_FULL) else "redis.unreachable"
-                log.warning(event, error=str(exc), retry_in=delay)
+                log.warning(outage_event(exc), error=str(exc), retry_in=delay)
                 with suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
         log.info("worker.stopped", worker=self.name, processed=self.processed)

@@ -14,6 +14,7 @@ from resizer.store.connection import (
     REDIS_DOWN,
     REDIS_FULL,
     client_for,
+    outage_event,
     unavailable,
 )
 from resizer.store.core import Store, open_store
@@ -26,5 +27,6 @@ __all__ = [
     "Store",
     "client_for",
     "open_store",
+    "outage_event",
     "unavailable",
 ]

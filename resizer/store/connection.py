@@ -25,6 +25,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis._parsers import BaseParser
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection, BlockingConnectionPool
 from redis.asyncio.retry import Retry
@@ -52,14 +53,31 @@ class NotReplicated(redis.exceptions.RedisError):
     """A write reached the primary but not ``RESIZER_MIN_REPLICAS`` replicas in time."""
 
 
+class WritesRefused(redis.exceptions.ResponseError):
+    """Redis answers, but takes no writes for now: its last save to disk failed (MISCONF;
+    it refuses PING then too), or fewer replicas than its ``min-replicas-to-write`` are in
+    reach (NOREPLICAS)."""
+
+
+# redis-py raises these replies as plain ResponseErrors, like a bug in a command. Its parsers
+# type an error reply by its first word through one table: listed there, they come typed from
+# every command, pipeline and transaction, on every kind of client.
+for _code in ("MISCONF", "NOREPLICAS"):
+    BaseParser.EXCEPTION_CLASSES.setdefault(_code, WritesRefused)
+
+
 # Errors that mean "Redis is not there right now", as opposed to a bug in a command. A write its
-# replicas did not confirm counts too: a failover could still take it away.
+# replicas did not confirm counts too: a failover could still take it away. So does a Redis
+# that takes no writes for now (a failed save, too few replicas, a replica where the primary
+# was): waited out like an outage, never a crash or a FAILED task.
 REDIS_DOWN: Final = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
     redis.exceptions.BusyLoadingError,
     redis.exceptions.ClusterDownError,
     redis.exceptions.TryAgainError,
+    redis.exceptions.ReadOnlyError,
+    WritesRefused,
     NotReplicated,
 )
 
@@ -363,6 +381,15 @@ async def confirm_replicated(client: Client, key: str, counter: str, replicas: i
         )
 
 
+def outage_event(exc: BaseException) -> str:
+    """What a loop logs while it waits ``exc`` out (one of ``REDIS_DOWN`` or ``REDIS_FULL``)."""
+    if isinstance(exc, REDIS_FULL):
+        return "redis.full"
+    if isinstance(exc, WritesRefused | redis.exceptions.ReadOnlyError):
+        return "redis.refusing_writes"
+    return "redis.unreachable"
+
+
 def unavailable(exc: BaseException) -> ServiceUnavailable:
     """The one message clients see when Redis cannot be reached."""
     if isinstance(exc, NotReplicated):
@@ -370,4 +397,7 @@ def unavailable(exc: BaseException) -> ServiceUnavailable:
             "the task store (Redis) did not confirm the write on its replicas in time; "
             "retrying is safe"
         )
+    if isinstance(exc, WritesRefused | redis.exceptions.ReadOnlyError):
+        reason = str(exc).partition(".")[0][:160]
+        return ServiceUnavailable(f"the task store (Redis) takes no writes for now: {reason}")
     return ServiceUnavailable(f"the task store (Redis) is unavailable: {exc.__class__.__name__}")

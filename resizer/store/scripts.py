@@ -19,6 +19,8 @@ from typing import Any, Final
 
 import redis.exceptions
 
+from resizer.store.connection import WritesRefused
+
 _INCLUDE: Final = re.compile(r"^--@include\s+([a-z_]+)\s*$", re.MULTILINE)
 _LUA = files("resizer.store") / "lua"
 
@@ -42,9 +44,18 @@ def _resolve(text: str, seen: list[str]) -> str:
     return _INCLUDE.sub("", text)
 
 
+_REFUSALS: Final = (
+    ("-OOM ", redis.exceptions.OutOfMemoryError),
+    ("-READONLY ", redis.exceptions.ReadOnlyError),
+    ("-MISCONF ", WritesRefused),
+    ("-NOREPLICAS ", WritesRefused),
+)
+
+
 class Script:
-    """A script registered on a client; a write it was refused for lack of memory raises
-    ``OutOfMemoryError``, as a plain command would."""
+    """A script registered on a client; a write it was refused (no memory, no writes for now)
+    raises as a plain command's would: ``OutOfMemoryError``, ``ReadOnlyError``,
+    ``WritesRefused``."""
 
     def __init__(self, client: Any, name: str, *, sharded: bool = False) -> None:
         self.name = name
@@ -64,6 +75,8 @@ class Script:
         try:
             return await self._script(keys=keys, args=args)
         except redis.exceptions.ResponseError as exc:
-            if isinstance(exc, redis.exceptions.OutOfMemoryError) or "-OOM " not in str(exc):
+            # Redis 6.2 wraps a refusal inside a script in a script error ("-OOM ...").
+            inner = next((kind for code, kind in _REFUSALS if code in str(exc)), None)
+            if inner is None or isinstance(exc, inner):
                 raise
-            raise redis.exceptions.OutOfMemoryError(str(exc)) from exc
+            raise inner(str(exc)) from exc

@@ -95,3 +95,56 @@ async def test_connections_are_made_without_reading_the_installed_metadata(
             assert connection.driver_info.lib_version == redis.__version__
     finally:
         await client.aclose()
+
+
+@pytest.mark.parametrize(
+    ("reply", "kind"),
+    [
+        ("MISCONF Redis is configured to save RDB snapshots, but ...", "WritesRefused"),
+        ("NOREPLICAS Not enough good replicas to write.", "WritesRefused"),
+        ("READONLY You can't write against a read only replica.", "ReadOnlyError"),
+        ("ERR wrong number of arguments for 'set' command", "ResponseError"),
+    ],
+)
+def test_a_redis_that_takes_no_writes_is_an_outage_not_a_bug(reply: str, kind: str) -> None:
+    """Typed by redis-py's parsers (hiredis's too), so every call site sees the same type."""
+    from redis._parsers import BaseParser, _AsyncHiredisParser, _AsyncRESP2Parser
+
+    from resizer.store import REDIS_DOWN
+
+    for parser in (BaseParser, _AsyncHiredisParser, _AsyncRESP2Parser):
+        error = parser.parse_error(reply)  # type: ignore[no-untyped-call]
+        assert type(error).__name__ == kind
+        assert isinstance(error, REDIS_DOWN) is (kind != "ResponseError")
+
+
+@pytest.mark.parametrize(
+    ("inside", "kind"),
+    [
+        ("-MISCONF Errors writing to the AOF file", "WritesRefused"),
+        ("-NOREPLICAS Not enough good replicas to write.", "WritesRefused"),
+        ("-READONLY You can't write against a read only replica.", "ReadOnlyError"),
+        ("-OOM command not allowed when used memory > 'maxmemory'.", "OutOfMemoryError"),
+        ("attempt to compare nil with number", "ResponseError"),
+    ],
+)
+async def test_a_refusal_inside_a_script_is_raised_as_the_plain_commands_would_be(
+    inside: str, kind: str
+) -> None:
+    """Redis 6.2 reports a write refused inside a script as a script error."""
+    from resizer.store.scripts import Script
+
+    class Refusing:
+        def register_script(self, script: str) -> object:
+            async def run(keys: list[object], args: list[object]) -> object:
+                raise redis.exceptions.ResponseError(
+                    f"Error running script (call to f_0): @user_script:9: {inside}"
+                )
+
+            run.sha = "0"  # type: ignore[attr-defined]
+            run.script = script  # type: ignore[attr-defined]
+            return run
+
+    with pytest.raises(redis.exceptions.ResponseError) as raised:
+        await Script(Refusing(), "renew")(keys=[], args=[])
+    assert type(raised.value).__name__ == kind
