@@ -59,17 +59,27 @@ class WritesRefused(redis.exceptions.ResponseError):
     reach (NOREPLICAS)."""
 
 
+class RedisBusy(redis.exceptions.ResponseError):
+    """Redis is running a script past its time limit (BUSY): it answers nothing else until the
+    script ends or is killed."""
+
+
 # redis-py raises these replies as plain ResponseErrors, like a bug in a command. Its parsers
 # type an error reply by its first word through one table: listed there, they come typed from
 # every command, pipeline and transaction, on every kind of client.
-for _code in ("MISCONF", "NOREPLICAS"):
-    BaseParser.EXCEPTION_CLASSES.setdefault(_code, WritesRefused)
+for _code, _kind in (
+    ("MISCONF", WritesRefused),
+    ("NOREPLICAS", WritesRefused),
+    ("BUSY", RedisBusy),
+):
+    BaseParser.EXCEPTION_CLASSES.setdefault(_code, _kind)
 
 
 # Errors that mean "Redis is not there right now", as opposed to a bug in a command. A write its
 # replicas did not confirm counts too: a failover could still take it away. So does a Redis
 # that takes no writes for now (a failed save, too few replicas, a replica where the primary
-# was): waited out like an outage, never a crash or a FAILED task.
+# was), or none at all while a script runs past its time limit: waited out like an outage,
+# never a crash or a FAILED task.
 REDIS_DOWN: Final = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
@@ -78,6 +88,7 @@ REDIS_DOWN: Final = (
     redis.exceptions.TryAgainError,
     redis.exceptions.ReadOnlyError,
     WritesRefused,
+    RedisBusy,
     NotReplicated,
 )
 
@@ -387,6 +398,8 @@ def outage_event(exc: BaseException) -> str:
         return "redis.full"
     if isinstance(exc, WritesRefused | redis.exceptions.ReadOnlyError):
         return "redis.refusing_writes"
+    if isinstance(exc, RedisBusy):
+        return "redis.busy"
     return "redis.unreachable"
 
 
@@ -400,4 +413,8 @@ def unavailable(exc: BaseException) -> ServiceUnavailable:
     if isinstance(exc, WritesRefused | redis.exceptions.ReadOnlyError):
         reason = str(exc).partition(".")[0][:160]
         return ServiceUnavailable(f"the task store (Redis) takes no writes for now: {reason}")
+    if isinstance(exc, RedisBusy):
+        return ServiceUnavailable(
+            "the task store (Redis) is busy running a script past its time limit"
+        )
     return ServiceUnavailable(f"the task store (Redis) is unavailable: {exc.__class__.__name__}")

@@ -3,8 +3,8 @@
 Three ways a Redis refuses writes while it answers reads: its last save to disk failed
 (``-MISCONF``, with save points set; it refuses PING too), fewer replicas than
 ``min-replicas-to-write`` are in reach (``-NOREPLICAS``), or it became a replica (``-READONLY``,
-a primary demoted where the clients still point). Each was a 500 with a traceback in the API and
-a crashed worker.
+a primary demoted where the clients still point). A fourth refuses everything: a script running
+past its time limit (``-BUSY``). Each was a 500 with a traceback in the API and a crashed worker.
 """
 
 from __future__ import annotations
@@ -17,31 +17,59 @@ from typing import Any
 
 import attrs
 import pytest
+import redis.asyncio as aioredis
 import structlog.testing
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from redis.exceptions import ResponseError
 
 from resizer.api import make_app
 from resizer.config import Settings
 from resizer.embedded import RedisServer, free_port
 from resizer.models import TaskStatus
 from resizer.store import Store, client_for
+from resizer.store.connection import RedisBusy
 from resizer.worker import Worker
 from tests.helpers import await_until, make_image, upload
 
 pytestmark = pytest.mark.integration
 
-WAYS = ["misconf", "noreplicas", "readonly"]
+WAYS = ["misconf", "noreplicas", "readonly", "busy"]
+EVENTS = {"busy": "redis.busy"}  # the others: redis.refusing_writes
 
 
 @attrs.define
 class Refusing:
     store: Store
     directory: Path
+    url: str
+    script: asyncio.Task[object] | None = None
 
     async def refuse(self, way: str) -> None:
         redis = self.store.redis
-        if way == "misconf":
+        if way == "busy":
+            await redis.config_set("lua-time-limit", "100")
+            looping = aioredis.Redis.from_url(self.url)
+
+            async def loop() -> object:
+                try:
+                    return await looping.eval("while true do end", 0)
+                except ResponseError as exc:
+                    return exc  # killed
+                finally:
+                    await looping.aclose()
+
+            self.script = asyncio.create_task(loop())
+
+            async def busy() -> bool:
+                try:
+                    await redis.ping()
+                except RedisBusy:
+                    return True
+                return False
+
+            await await_until(busy, 10, "Redis to be busy")
+        elif way == "misconf":
             # A save that cannot write its file: Redis's directory is gone.
             await redis.config_set("save", "3600 1")
             shutil.rmtree(self.directory)
@@ -59,7 +87,11 @@ class Refusing:
 
     async def allow(self, way: str) -> None:
         redis = self.store.redis
-        if way == "misconf":
+        if way == "busy":
+            assert self.script is not None
+            await redis.script_kill()
+            await asyncio.wait_for(self.script, 10)
+        elif way == "misconf":
             await redis.config_set("save", "")  # no save points: failed saves stop nothing
         elif way == "noreplicas":
             await redis.config_set("min-replicas-to-write", "0")
@@ -74,13 +106,13 @@ async def refusing(tmp_path: Path, settings: Settings) -> AsyncIterator[Refusing
     directory.mkdir()
     with RedisServer(directory=directory) as srv:
         store = Store(client_for(srv.url), attrs.evolve(settings, redis_url=srv.url))
-        yield Refusing(store, directory)
+        yield Refusing(store, directory, srv.url)
         await store.close()
 
 
 # Redis 6.2 lets a Lua script write past min-replicas-to-write (7 does not), and a task is
 # created by a script: on 6.2 the POST succeeds, as Redis allows it.
-@pytest.mark.parametrize("way", ["misconf", "readonly"])
+@pytest.mark.parametrize("way", ["misconf", "readonly", "busy"])
 async def test_the_api_answers_503_json_and_stores_nothing(
     refusing: Refusing,
     aiohttp_client: Callable[[web.Application], Awaitable[TestClient[Any, Any]]],
@@ -96,10 +128,10 @@ async def test_the_api_answers_503_json_and_stores_nothing(
     assert response.headers["Retry-After"] == "5"
     body = await response.json()
     assert body["error"]["code"] == "unavailable"
-    assert "takes no writes" in body["error"]["message"]
-    assert (await client.get("/ready")).status in (200, 503)  # PING is refused on MISCONF only
-    assert await store.redis.dbsize() == keys_before
+    assert "task store (Redis)" in body["error"]["message"]
+    assert (await client.get("/ready")).status in (200, 503)  # PING is refused on some
     await refusing.allow(way)
+    assert await store.redis.dbsize() == keys_before
     response = await client.post("/tasks", data=image, headers={"Content-Type": "image/png"})
     assert response.status == 201, await response.text()
 
@@ -115,7 +147,8 @@ async def test_a_worker_waits_for_writes_instead_of_crashing(refusing: Refusing,
 
         async def waited_twice() -> bool:
             assert not worker.done(), worker.exception()
-            backoffs = [e for e in events if e["event"] == "redis.refusing_writes"]
+            event = EVENTS.get(way, "redis.refusing_writes")
+            backoffs = [e for e in events if e["event"] == event]
             return len(backoffs) >= 2
 
         await await_until(waited_twice, 10, "the worker to back off twice")

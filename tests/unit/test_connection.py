@@ -103,6 +103,7 @@ async def test_connections_are_made_without_reading_the_installed_metadata(
         ("MISCONF Redis is configured to save RDB snapshots, but ...", "WritesRefused"),
         ("NOREPLICAS Not enough good replicas to write.", "WritesRefused"),
         ("READONLY You can't write against a read only replica.", "ReadOnlyError"),
+        ("BUSY Redis is busy running a script. You can only call SCRIPT KILL ...", "RedisBusy"),
         ("ERR wrong number of arguments for 'set' command", "ResponseError"),
     ],
 )
