@@ -11,7 +11,8 @@ from collections.abc import Awaitable, Callable
 from PIL import Image
 
 from resizer import header
-from resizer.models import ImageInfo, Upload
+from resizer.models import ImageInfo, TaskStatus, Upload
+from resizer.store import Store
 
 INFO = ImageInfo(format="png", width=100, height=100)
 """What a test upload says it is, where no code looks at the pixels."""
@@ -55,6 +56,16 @@ async def await_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
         await asyncio.sleep(0.02)
+
+
+async def await_done(store: Store, task_id: str, timeout: float = 30.0, what: str = "") -> None:
+    """Wait until the task is DONE."""
+
+    async def finished() -> bool:
+        found = await store.get_task(task_id)
+        return found is not None and found.status is TaskStatus.DONE
+
+    await await_until(finished, timeout, what or f"task {task_id} to be DONE")
 
 
 def make_noise_image(fmt: str = "PNG", size: int = 96) -> bytes:

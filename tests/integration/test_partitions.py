@@ -18,12 +18,12 @@ import redis
 from resizer import header
 from resizer.config import Settings
 from resizer.errors import EvictingRedis
-from resizer.models import ImageInfo, Task, TaskStatus, Upload
+from resizer.models import ImageInfo, Task, Upload
 from resizer.processes import resizer_command
 from resizer.store import Store, client_for
 from resizer.store.keys import partition_of_digest, partition_of_id
 from tests.conftest import Topology
-from tests.helpers import await_until, make_image
+from tests.helpers import await_done, await_until, make_image
 from tests.topologies import LocalCluster
 
 pytestmark = pytest.mark.integration
@@ -80,11 +80,7 @@ async def create(store: Store) -> Task:
 
 
 async def done(store: Store, task: Task) -> None:
-    async def finished() -> bool:
-        found = await store.get_task(task.id)
-        return found is not None and found.status is TaskStatus.DONE
-
-    await await_until(finished, 30, f"task {task.id} to be DONE")
+    await await_done(store, task.id)
 
 
 def claimed_at(log: Path) -> dict[str, float]:

@@ -20,10 +20,9 @@ from aiohttp.test_utils import TestClient
 from resizer.api import make_app
 from resizer.config import Settings
 from resizer.embedded import RedisServer
-from resizer.models import TaskStatus
 from resizer.store import Store, client_for
 from resizer.worker import Worker
-from tests.helpers import await_until, make_image, upload
+from tests.helpers import await_done, make_image, upload
 
 pytestmark = pytest.mark.integration
 
@@ -74,12 +73,7 @@ async def test_a_worker_waits_for_memory_instead_of_crashing(full_store: Store) 
         await asyncio.sleep(0.5)  # the worker meets the full Redis: it must back off, not die
         assert not worker.done(), worker.exception()
         await unfill(full_store)
-
-        async def done() -> bool:
-            found = await full_store.get_task(task.id)
-            return found is not None and found.status is TaskStatus.DONE
-
-        await await_until(done, 20, "the task to be DONE once memory frees")
+        await await_done(full_store, task.id, 20, "the task to be DONE once memory frees")
     finally:
         stop.set()
         await asyncio.wait_for(worker, 10)

@@ -26,11 +26,10 @@ from redis.exceptions import ResponseError
 from resizer.api import make_app
 from resizer.config import Settings
 from resizer.embedded import RedisServer, free_port
-from resizer.models import TaskStatus
 from resizer.store import Store, client_for
 from resizer.store.connection import RedisBusy
 from resizer.worker import Worker
-from tests.helpers import await_until, make_image, upload
+from tests.helpers import await_done, await_until, make_image, upload
 
 pytestmark = pytest.mark.integration
 
@@ -154,12 +153,7 @@ async def test_a_worker_waits_for_writes_instead_of_crashing(refusing: Refusing,
         await await_until(waited_twice, 10, "the worker to back off twice")
     try:
         await refusing.allow(way)
-
-        async def done() -> bool:
-            found = await store.get_task(task.id)
-            return found is not None and found.status is TaskStatus.DONE
-
-        await await_until(done, 30, "the task to be resized once Redis takes writes")
+        await await_done(store, task.id, 30, "the task to be resized once Redis takes writes")
     finally:
         stop.set()
         await asyncio.wait_for(worker, 10)
