@@ -18,8 +18,7 @@ from importlib.resources import files
 from typing import Any, Final
 
 import redis.exceptions
-
-from resizer.store.connection import WritesRefused
+from redis._parsers import BaseParser
 
 _INCLUDE: Final = re.compile(r"^--@include\s+([a-z_]+)\s*$", re.MULTILINE)
 _LUA = files("resizer.store") / "lua"
@@ -44,18 +43,14 @@ def _resolve(text: str, seen: list[str]) -> str:
     return _INCLUDE.sub("", text)
 
 
-_REFUSALS: Final = (
-    ("-OOM ", redis.exceptions.OutOfMemoryError),
-    ("-READONLY ", redis.exceptions.ReadOnlyError),
-    ("-MISCONF ", WritesRefused),
-    ("-NOREPLICAS ", WritesRefused),
-)
+# An error reply quoted inside a script error: "... @user_script:9: -OOM command not allowed".
+_INNER_ERROR: Final = re.compile(r"-([A-Z]+) ")
 
 
 class Script:
     """A script registered on a client; a write it was refused (no memory, no writes for now)
-    raises as a plain command's would: ``OutOfMemoryError``, ``ReadOnlyError``,
-    ``WritesRefused``."""
+    raises as a plain command's would (``OutOfMemoryError``, ``ReadOnlyError``,
+    ``WritesRefused``...)."""
 
     def __init__(self, client: Any, name: str, *, sharded: bool = False) -> None:
         self.name = name
@@ -75,8 +70,11 @@ class Script:
         try:
             return await self._script(keys=keys, args=args)
         except redis.exceptions.ResponseError as exc:
-            # Redis 6.2 wraps a refusal inside a script in a script error ("-OOM ...").
-            inner = next((kind for code, kind in _REFUSALS if code in str(exc)), None)
-            if inner is None or isinstance(exc, inner):
+            # Redis 6.2 wraps a refusal inside a script in a script error: typed by its code,
+            # through the table redis-py's parsers type a plain reply by (with what
+            # store.connection adds to it).
+            quoted = _INNER_ERROR.search(str(exc))
+            inner = BaseParser.EXCEPTION_CLASSES.get(quoted.group(1)) if quoted else None
+            if not isinstance(inner, type) or isinstance(exc, inner):
                 raise
             raise inner(str(exc)) from exc
