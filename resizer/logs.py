@@ -1,4 +1,10 @@
-"""structlog set up once per process: JSON lines when piped (containers), readable on a TTY."""
+"""structlog set up once per process: JSON lines when piped (containers), readable on a TTY.
+
+Libraries log through the standard library instead (asyncio's ``socket.accept() out of system
+resource``, aiohttp's ``Error handling request``, each with a traceback), and Python's warnings
+print to stderr (Pillow's ``DecompressionBombWarning``); both go out through the same renderer,
+so a log pipeline reads one JSON line per record, whoever wrote it.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ def configure(
     is coloured only on a terminal and never when ``NO_COLOR`` is set (https://no-color.org).
     """
     out = sys.stdout if stream is None else stream
+    threshold = logging.getLevelNamesMapping()[level.upper()]
     tty = out.isatty()
     as_json = not tty if json is None else json
     renderer: structlog.typing.Processor = (
@@ -35,9 +42,39 @@ def configure(
             structlog.processors.format_exc_info,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=True,
     )
+    _route_standard_logging(out, threshold, renderer)
+
+
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The standard library's handler this module installs (and replaces when set up again)."""
+
+
+def _route_standard_logging(
+    out: TextIO, threshold: int, renderer: structlog.typing.Processor
+) -> None:
+    handler = _Handler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    # Other handlers stay (pytest's capture, an embedding application's own).
+    for old in [each for each in root.handlers if isinstance(each, _Handler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(threshold)
+    logging.captureWarnings(True)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import re
 import subprocess
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -273,8 +275,13 @@ class _Terminal(io.StringIO):
 
 @pytest.fixture
 def restore_structlog() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     yield
     structlog.reset_defaults()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    logging.captureWarnings(False)
 
 
 def _log_once(stream: io.StringIO, **kwargs: Any) -> str:
@@ -312,6 +319,45 @@ def test_the_log_format_can_be_forced_either_way() -> None:
     assert "\x1b[" not in console  # no colours into a file or a pipe
     on_terminal = _log_once(_Terminal(), json=LogFormat.JSON.json)
     assert json.loads(on_terminal)["event"] == "thing.happened"
+
+
+@pytest.mark.usefixtures("restore_structlog")
+def test_a_librarys_standard_logging_comes_out_as_one_json_line() -> None:
+    stream = io.StringIO()
+    logs.configure("INFO", stream=stream)
+    library = logging.getLogger("asyncio")
+    error = OSError(24, "Too many open files")
+    library.error("socket.accept() out of system resource", exc_info=(OSError, error, None))
+    library.debug("below the level")
+    (line,) = stream.getvalue().splitlines()
+    event = json.loads(line)
+    assert event["event"] == "socket.accept() out of system resource"
+    assert (event["level"], event["logger"]) == ("error", "asyncio")
+    assert "OSError: [Errno 24] Too many open files" in event["exception"]
+    assert "timestamp" in event
+
+
+@pytest.mark.usefixtures("restore_structlog")
+def test_a_warning_comes_out_as_a_json_line() -> None:
+    stream = io.StringIO()
+    logs.configure("INFO", stream=stream)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn("could be decompression bomb DOS attack", UserWarning, stacklevel=1)
+    (line,) = stream.getvalue().splitlines()
+    event = json.loads(line)
+    assert (event["level"], event["logger"]) == ("warning", "py.warnings")
+    assert "could be decompression bomb DOS attack" in event["event"]
+
+
+@pytest.mark.usefixtures("restore_structlog")
+def test_setting_logs_up_again_replaces_its_handler() -> None:
+    first, second = io.StringIO(), io.StringIO()
+    logs.configure("INFO", stream=first)
+    logs.configure("WARNING", stream=second)
+    logging.getLogger("aiohttp.server").warning("once")
+    assert first.getvalue() == ""
+    assert json.loads(second.getvalue())["event"] == "once"
 
 
 # --- the command, as a user runs it -----------------------------------------------------------
