@@ -662,11 +662,29 @@ def serve(settings: Settings, host: str, port: int) -> None:
     asyncio.run(_serve(settings, host, port))
 
 
+def _raise_open_files_limit() -> None:
+    """Take the hard limit on open files rather than the soft one the process was started with.
+
+    Every client connection is an open file, and so is every Redis connection the web opens to
+    answer them. Shells, systemd and some container runtimes leave the soft limit at 1,024,
+    which a thousand idle keep-alive connections reach; past it the web accepts no connection and
+    opens none to Redis. The hard limit is the operator's to set (``ulimit -Hn``, compose's
+    ``ulimits``); Go's runtime and nginx take it the same way.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard and hard != resource.RLIM_INFINITY:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        log.info("open_files.raised", soft=soft, to=hard)
+
+
 async def _serve(settings: Settings, host: str, port: int) -> None:
     if memory.keep_freed_memory(memory.WEB_KEEP_BELOW, memory.WEB_TRIM_ABOVE):
         log.info(
             "allocator.tuned", keep_below=memory.WEB_KEEP_BELOW, trim_above=memory.WEB_TRIM_ABOVE
         )
+    _raise_open_files_limit()
     app = make_app(settings)
     sites: list[tuple[web.Application, str | None, int]] = [(app, host, port)]
     if settings.metrics_addr is not None:
