@@ -37,6 +37,7 @@ from resizer.errors import (
     Unauthorized,
     UnsupportedEncoding,
 )
+from resizer.listener import PAUSE_REASONS, Listener, bind, connection_cap
 from resizer.metrics import Metrics, cluster_response
 from resizer.models import (
     MAX_WAIT_SECONDS,
@@ -686,10 +687,6 @@ async def _serve(settings: Settings, host: str, port: int) -> None:
         )
     _raise_open_files_limit()
     app = make_app(settings)
-    sites: list[tuple[web.Application, str | None, int]] = [(app, host, port)]
-    if settings.metrics_addr is not None:
-        address = settings.metrics_addr
-        sites.append((make_metrics_app(app), address.host or None, address.port))
     runners = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -703,17 +700,48 @@ async def _serve(settings: Settings, host: str, port: int) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping)
     faults.hit("at_start")
+    listener: Listener | None = None
     try:
-        for site_app, site_host, site_port in sites:
-            runner = web.AppRunner(site_app, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS)
+        sockets = await bind(host, port)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS)
+        await runner.setup()
+        runners.append(runner)
+        server = runner.server
+        assert server is not None  # set up above
+        metrics = app[METRICS]
+        listener = Listener(
+            sockets,
+            server,
+            lambda: len(server.connections),
+            connection_cap(settings.max_connections),
+            lambda reason: metrics.accept_pauses.labels(reason).inc(),
+        )
+        metrics.connections.set_function(lambda: len(server.connections))
+        metrics.max_connections.set(listener.cap)
+        for reason in PAUSE_REASONS:
+            metrics.accept_pauses.labels(reason)  # at 0 from the start, for rate()
+        listener.start()
+        if settings.metrics_addr is not None:
+            address = settings.metrics_addr
+            runner = web.AppRunner(
+                make_metrics_app(app), access_log=None, shutdown_timeout=SHUTDOWN_SECONDS
+            )
             await runner.setup()
             runners.append(runner)
             await web.TCPSite(
-                runner, site_host, site_port, shutdown_timeout=SHUTDOWN_SECONDS
+                runner, address.host or None, address.port, shutdown_timeout=SHUTDOWN_SECONDS
             ).start()
-        log.info("server.started", host=host, port=port, metrics=str(settings.metrics_addr or ""))
+        log.info(
+            "server.started",
+            host=host,
+            port=port,
+            metrics=str(settings.metrics_addr or ""),
+            max_connections=listener.cap,
+        )
         await stop.wait()
     finally:
+        if listener is not None:
+            listener.close()  # accept no more, then let the requests in flight finish
         for runner in reversed(runners):
             await runner.cleanup()
         log.info("server.stopped")

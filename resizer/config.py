@@ -554,6 +554,13 @@ class Settings:
         help="longest a connection may go without a whole request's headers (idle, or sending "
         "them slowly) before it is closed",
     )
+    max_connections: int = setting(
+        8192,
+        env="RESIZER_MAX_CONNECTIONS",
+        kind=Integer(1),
+        help="most connections a web process holds open; past it, new ones wait in the kernel's "
+        "backlog until one closes (fewer if its limit on open files is lower)",
+    )
     metrics_addr: Address | None = setting(
         None,
         env="RESIZER_METRICS_ADDR",

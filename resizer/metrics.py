@@ -25,6 +25,7 @@ from prometheus_client import (
     PROCESS_COLLECTOR,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     Info,
 )
@@ -72,6 +73,22 @@ class Metrics:
             "resizer_http_request_duration_seconds",
             "Time to answer an HTTP request",
             ["method", "route"],
+            registry=self.registry,
+        )
+        self.connections = Gauge(
+            "resizer_http_connections",
+            "Connections the web holds open",
+            registry=self.registry,
+        )
+        self.max_connections = Gauge(
+            "resizer_http_connections_max",
+            "Connections the web holds at most before it stops accepting",
+            registry=self.registry,
+        )
+        self.accept_pauses = Counter(
+            "resizer_http_accept_pauses",
+            "Times the web stopped accepting: at its cap, or out of open files",
+            ["reason"],
             registry=self.registry,
         )
         self.handler = make_aiohttp_handler(self.registry)

@@ -349,6 +349,58 @@ def test_upload_flood(cluster_factory: Callable[..., Cluster], figures: Figures)
     )
 
 
+def socket_fds(pid: int) -> int:
+    """The sockets ``pid`` has open: its connections, accepted or made, and its listeners."""
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with suppress(FileNotFoundError):  # closed since listed
+            count += str(fd.readlink()).startswith("socket:")
+    return count
+
+
+def test_connection_flood(cluster_factory: Callable[..., Cluster], figures: Figures) -> None:
+    """A connection flood: 2,000 connections opened at once, each sending 8 KB of headers and
+    never finishing them, against RESIZER_MAX_CONNECTIONS=500."""
+    cap = 500
+    cluster = cluster_factory(Settings(max_connections=cap))
+    web, url = cluster.serve()
+    port = int(url.rpartition(":")[2])
+    idle_rss, idle_sockets = rss_kib(web.pid), socket_fds(web.pid)
+    flood = []
+    for _ in range(2000):
+        sock = socket.socket()
+        sock.setblocking(False)
+        with suppress(BlockingIOError):
+            sock.connect(("127.0.0.1", port))
+        flood.append(sock)
+    try:
+        wait_until(lambda: socket_fds(web.pid) - idle_sockets >= cap, 30, f"{cap} connections")
+        for sock in flood:
+            with suppress(OSError):
+                sock.send(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 8000)
+        wait_until(
+            lambda: any(e["event"] == "accepting.paused" for e in cluster.events(web)),
+            30,
+            "the web to stop accepting",
+        )
+        held = socket_fds(web.pid) - idle_sockets
+        growth = (rss_kib(web.pid) - idle_rss) / 1024
+        assert held <= cap + 2, f"the web holds {held} connections, over its cap of {cap}"
+    finally:
+        for sock in flood:
+            sock.close()
+    wait_until(lambda: alive(url), 60, "the web to serve again")
+    paused = [e for e in cluster.events(web) if e["event"] == "accepting.paused"]
+    assert paused[0]["cap"] == cap
+    hostile(
+        figures,
+        "the web holds its cap and stops accepting; the rest wait in the kernel's backlog; "
+        "served again once they close",
+        f"held {held} connections (RESIZER_MAX_CONNECTIONS={cap}); web RSS +{growth:.1f} MiB",
+        alive=alive(url),
+    )
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU a process has spent so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()

@@ -199,6 +199,7 @@ def test_to_env_gives_a_child_process_the_same_settings() -> None:
         body_min_rate=0,
         upload_budget_bytes=4096,
         idle_timeout_seconds=0.25,
+        max_connections=64,
         metrics_addr=Address("::1", 9100),
         log_level=LogLevel.DEBUG,
         log_format=LogFormat.CONSOLE,
