@@ -52,7 +52,15 @@ from resizer.models import (
     Upload,
     converter,
 )
-from resizer.store import REDIS_DOWN, REDIS_FULL, Completions, Store, open_store, unavailable
+from resizer.store import (
+    REDIS_DOWN,
+    REDIS_FULL,
+    Completions,
+    Store,
+    open_store,
+    outage_event,
+    unavailable,
+)
 from resizer.upload import JsonUpload, RawUpload
 
 log = structlog.get_logger("resizer.api")
@@ -126,6 +134,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             if error is None:
                 log.exception("request.crashed", method=request.method, path=request.path)
                 error = ResizerError("internal error; it has been logged")
+            elif isinstance(exc, REDIS_DOWN + REDIS_FULL):
+                # The answer names the state; Redis's own words are for the operator.
+                log.warning(
+                    outage_event(exc),
+                    method=request.method,
+                    path=request.path,
+                    error=str(exc) or exc.__class__.__name__,
+                )
             response = error_response(error.status, error.code, error.message)
             if error.retry_after is not None:
                 response.headers["Retry-After"] = str(error.retry_after)

@@ -122,8 +122,14 @@ async def test_the_api_answers_503_json_and_stores_nothing(
     keys_before = await store.redis.dbsize()
     await refusing.refuse(way)
     image = make_image("PNG", size=80, unique=True)
-    response = await client.post("/tasks", data=image, headers={"Content-Type": "image/png"})
+    with structlog.testing.capture_logs() as events:
+        response = await client.post("/tasks", data=image, headers={"Content-Type": "image/png"})
     assert response.status == 503, await response.text()
+    # The operator reads why in the log, in Redis's own words.
+    (outage,) = [e for e in events if e["event"].startswith("redis.")]
+    assert outage["event"] == ("redis.busy" if way == "busy" else "redis.refusing_writes")
+    assert outage["log_level"] == "warning"
+    assert {"misconf": "MISCONF", "readonly": "read only", "busy": "busy"}[way] in outage["error"]
     assert response.headers["Retry-After"] == "5"
     body = await response.json()
     assert body["error"]["code"] == "unavailable"
