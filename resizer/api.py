@@ -145,7 +145,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             response = error_response(error.status, error.code, error.message)
             if error.retry_after is not None:
                 response.headers["Retry-After"] = str(error.retry_after)
-            if error.closes_connection:
+            if error.closes_connection or request.get(BODY_NOT_INVITED):
                 await _send_and_close(request, response)
 
         resource = request.match_info.route.resource
@@ -188,18 +188,59 @@ async def _send_and_close(request: web.Request, response: web.Response) -> None:
 _PUBLIC_ROUTES = frozenset({"/health", "/ready"})
 
 
-@web.middleware
-async def token_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+def _authorized(request: web.Request) -> bool:
     """With ``RESIZER_API_TOKEN`` set, every route but the probes needs ``Bearer <token>``."""
     expected = request.app[SETTINGS].api_token
-    if expected and request.path not in _PUBLIC_ROUTES:
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        # Compared in constant time, so the answer's timing does not leak the token.
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            given.strip().encode(), expected.encode()
-        ):
-            raise Unauthorized("this server needs Authorization: Bearer <RESIZER_API_TOKEN>")
+    if not expected or request.path in _PUBLIC_ROUTES:
+        return True
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    # Compared in constant time, so the answer's timing does not leak the token.
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode(), expected.encode()
+    )
+
+
+@web.middleware
+async def token_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if not _authorized(request):
+        raise Unauthorized("this server needs Authorization: Bearer <RESIZER_API_TOKEN>")
     return await handler(request)
+
+
+def _refused_body(request: web.Request) -> ResizerError | None:
+    """What refuses a body from its headers alone, before a byte of it is read."""
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        return UnsupportedEncoding(
+            f"Content-Encoding {encoding!r} is not accepted: send the body as it is "
+            "(images are compressed already)"
+        )
+    limit = request.app[SETTINGS].max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        return PayloadTooLarge(f"the request body is over the limit of {limit} bytes")
+    return None
+
+
+BODY_NOT_INVITED = web.RequestKey("body_not_invited", bool)
+
+
+async def expect_continue(request: web.Request) -> None:
+    """``Expect: 100-continue`` (curl sends it for bodies over 1 MiB) is answered ``100
+    Continue`` only when the body will be read. A body refused from its headers, or a request
+    without the token, gets its error at once and the client never sends the body; its
+    connection is closed after the answer, as the body it announced will not come.
+
+    Other expectations are ignored, as RFC 9110 allows, rather than answered 417.
+    """
+    if request.version != (1, 1):  # HTTP/1.0 knows no Expect
+        return
+    if request.headers.get("Expect", "").strip().lower() != "100-continue":
+        return
+    if not _authorized(request) or _refused_body(request) is not None:
+        request[BODY_NOT_INVITED] = True
+        return
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0  # the answer's own size starts after it
 
 
 class UploadBudget:
@@ -248,14 +289,9 @@ async def read_body(
     """Hand the body to ``feed`` as it arrives, each chunk counted by ``take`` first (the
     upload budget), within the size limit, the stall timeout and the minimum rate."""
     limit = settings.max_body_bytes
-    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
-    if encoding not in ("", "identity"):
-        raise UnsupportedEncoding(
-            f"Content-Encoding {encoding!r} is not accepted: send the body as it is "
-            "(images are compressed already)"
-        )
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"the request body is over the limit of {limit} bytes")
+    refused = _refused_body(request)
+    if refused is not None:
+        raise refused
     stall, rate = settings.body_timeout_seconds, settings.body_min_rate
     # Each ``stall`` seconds of the body must bring ``quota`` bytes: a pause may last ``stall``,
     # and a client that sends a burst, then a byte now and then, cannot hold what it sent.
@@ -632,7 +668,7 @@ def make_app(settings: Settings, store: Store | None = None) -> web.Application:
 
     app.on_response_prepare.append(_common_headers)
     app.cleanup_ctx.append(redis_pool)
-    app.router.add_post("/tasks", create_task)
+    app.router.add_post("/tasks", create_task, expect_handler=expect_continue)
     app.router.add_get("/tasks/{task_id}", get_task)
     app.router.add_delete("/tasks/{task_id}", delete_task)
     app.router.add_get("/tasks/{task_id}/image", get_image)

@@ -848,3 +848,73 @@ async def test_a_large_original_streams_as_json_and_raw(client: Client) -> None:
     raw = await client.get(f"/tasks/{task_id}/image?size=original&raw=1")
     assert raw.headers["X-Content-Type-Options"] == "nosniff"
     assert await raw.read() == data
+
+
+async def expecting(server: Any, head: bytes) -> tuple[bytes, float, Any, Any]:
+    """Send a request's head with ``Expect: 100-continue`` and read what comes first."""
+    import asyncio
+    import time
+
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(head + b"Expect: 100-continue\r\n\r\n")
+    started = time.monotonic()
+    async with asyncio.timeout(10):
+        first = await reader.readuntil(b"\r\n\r\n")
+    return first, started, reader, writer
+
+
+@pytest.mark.parametrize(
+    ("head", "status", "code"),
+    [
+        (b"Content-Length: 100000000\r\n", 413, "payload_too_large"),
+        (b"Content-Length: 1000\r\nContent-Encoding: gzip\r\n", 415, "unsupported_encoding"),
+        (b"Content-Length: 1000\r\nAuthorization: Bearer wrong\r\n", 401, "unauthorized"),
+    ],
+    ids=["too-large", "compressed", "no-token"],
+)
+async def test_a_body_refused_from_its_headers_is_not_invited(
+    aiohttp_server: Callable[[web.Application], Awaitable[Any]],
+    real_settings: Settings,
+    head: bytes,
+    status: int,
+    code: str,
+) -> None:
+    """``Expect: 100-continue`` with a body that will be refused: the error at once, no ``100
+    Continue`` (the client would send 100 MB for nothing), and the connection closed."""
+    import asyncio
+    import time
+
+    server = await aiohttp_server(make_app(attrs.evolve(real_settings, api_token="secret")))
+    authorized = b"" if b"Authorization" in head else b"Authorization: Bearer secret\r\n"
+    first, started, reader, writer = await expecting(
+        server,
+        b"POST /tasks HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n" + authorized + head,
+    )
+    assert first.startswith(b"HTTP/1.1 %d" % status), first
+    assert b"Connection: close" in first
+    async with asyncio.timeout(10):
+        body = await reader.read()  # until the server closes the connection
+    writer.close()
+    assert json.loads(body)["error"]["code"] == code
+    held = time.monotonic() - started
+    assert held < 5, f"the connection was held {held:.1f} s"
+
+
+async def test_a_body_that_will_be_read_is_invited(
+    aiohttp_server: Callable[[web.Application], Awaitable[Any]], real_settings: Settings
+) -> None:
+    server = await aiohttp_server(make_app(real_settings))
+    image = make_image("PNG", size=64, unique=True)
+    first, _, reader, writer = await expecting(
+        server,
+        b"POST /tasks HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+        b"Content-Length: %d\r\n" % len(image),
+    )
+    assert first == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(image)
+    import asyncio
+
+    async with asyncio.timeout(10):
+        answer = await reader.readuntil(b"\r\n\r\n")
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 201"), answer
