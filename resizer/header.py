@@ -63,7 +63,8 @@ def inspect(
         with open_image(data) as img:
             fmt = (img.format or "").lower()
             width, height = img.size
-            needed = budget.decode_bytes(budget.read_header(img, data))
+            found = budget.read_header(img, data)
+            needed = budget.decode_bytes(found)
     except Image.DecompressionBombError as exc:
         raise InvalidImage(f"the image has too many pixels: {exc}") from None
     except UnidentifiedImageError:
@@ -87,6 +88,8 @@ def inspect(
         )
     if needed > max_decode_bytes:
         raise InvalidImage(budget.over_budget(needed, max_decode_bytes))
+    if (too_long := budget.too_many_scans(found)) is not None:
+        raise InvalidImage(too_long)
     return ImageInfo(format=fmt, width=width, height=height)
 
 

@@ -68,6 +68,30 @@ async def await_done(store: Store, task_id: str, timeout: float = 30.0, what: st
     await await_until(finished, timeout, what or f"task {task_id} to be DONE")
 
 
+def jpeg_scan_bomb(side: int, copies: int) -> bytes:
+    """A progressive JPEG of a flat colour with its smallest scan of the luma repeated
+    ``copies`` times: each repeat is 31 bytes (runs of empty blocks) and a pass over every block
+    of the image's full-size plane. libjpeg warns of the bogus progression and decodes on."""
+    import re
+
+    out = io.BytesIO()
+    Image.new("RGB", (side, side), (120, 130, 140)).save(out, "JPEG", progressive=True)
+    data = out.getvalue()
+    scans = []
+    pos = 2
+    while data[pos + 1] != 0xD9:  # walk the markers to the end of the image
+        end = pos + 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if data[pos + 1] == 0xDA:  # a scan: its coded data runs to the next marker
+            found = re.compile(rb"\xff[^\x00\xd0-\xd7]").search(data, end)
+            assert found is not None
+            end = found.start()
+            if data[pos + 4 : pos + 6] == b"\x01\x01":  # one component, the luma
+                scans.append((pos, end))
+        pos = end
+    start, end = min(scans, key=lambda scan: scan[1] - scan[0])
+    return data[:end] + data[start:end] * copies + data[end:]
+
+
 def make_noise_image(fmt: str = "PNG", size: int = 96) -> bytes:
     """Random pixels: incompressible, for tests that need large files."""
     img = Image.frombytes("RGB", (size, size), os.urandom(size * size * 3))

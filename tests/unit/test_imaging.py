@@ -15,9 +15,10 @@ import tracemalloc
 import pytest
 from PIL import Image, ImageChops, ImageDraw
 
-from resizer import header, imaging
+from resizer import budget, header, imaging
 from resizer.errors import ImageDecodeError, InvalidImage
 from resizer.models import Thumbnail
+from tests.helpers import jpeg_scan_bomb
 from tests.quality import (
     DISPLAY_P3_D50,
     SRGB_D50,
@@ -107,6 +108,21 @@ def test_inspect_never_accepts_what_the_decoder_would_refuse() -> None:
     side = 10_000  # 100 MP: past Pillow's 89 MP limit, under a generous 200 MP setting
     with pytest.raises(InvalidImage, match="over the limit"):
         header.inspect(png_header_only(side, side), 200_000_000)
+
+
+def test_a_jpeg_of_too_many_scans_is_refused_before_it_is_decoded() -> None:
+    """Each scan is a pass over the whole image, whatever its few bytes: a file of many is an
+    hour of decoding in a few kilobytes, refused by the web (422) and by the worker alike."""
+    own = jpeg_scan_bomb(256, 0).count(b"\xff\xda")  # the encoder's own progression
+    over = jpeg_scan_bomb(256, budget.MAX_JPEG_SCANS + 1 - own)
+    with pytest.raises(InvalidImage, match=r"has 101 scans, over the limit of 100") as caught:
+        header.inspect(over, MAX_PIXELS)
+    assert caught.value.status == 422
+    with pytest.raises(ImageDecodeError, match="scans"):
+        imaging.make_thumbnails(over)
+    at_most = jpeg_scan_bomb(256, budget.MAX_JPEG_SCANS - own)
+    assert header.inspect(at_most, MAX_PIXELS).width == 256
+    assert [thumb.size for thumb in imaging.make_thumbnails(at_most)] == [64, 32]
 
 
 def test_output_format_and_content_type() -> None:
