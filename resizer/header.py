@@ -21,7 +21,7 @@ from PIL import (
     WebPImagePlugin,
 )
 
-from resizer import budget
+from resizer import budget, preamble
 from resizer.errors import InvalidImage
 from resizer.models import ImageInfo
 
@@ -65,6 +65,8 @@ def inspect(
             width, height = img.size
             found = budget.read_header(img, data)
             needed = budget.decode_bytes(found)
+    except InvalidImage:
+        raise
     except Image.DecompressionBombError as exc:
         raise InvalidImage(f"the image has too many pixels: {exc}") from None
     except UnidentifiedImageError:
@@ -94,7 +96,13 @@ def inspect(
 
 
 def open_image(data: bytes) -> ImageFile.ImageFile:
-    """``data`` opened as one of ``INPUT_FORMATS``: its header read, no pixels decoded."""
+    """``data`` opened as one of ``INPUT_FORMATS``: its header read, no pixels decoded.
+
+    Raises InvalidImage for a header that would take Pillow out of proportion to read
+    (``resizer.preamble``).
+    """
+    if (refused := preamble.refusal(data)) is not None:
+        raise InvalidImage(refused)
     if data[4:8] == b"ftyp":  # an ISO media file, as every AVIF is
         from PIL import AvifImagePlugin  # noqa: F401  (it registers itself)
     # Asked for a format whose plugin is not loaded, Pillow loads every plugin it has.

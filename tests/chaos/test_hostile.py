@@ -178,6 +178,37 @@ def test_decompression_bombs(cluster_factory: Callable[..., Cluster], figures: F
     )
 
 
+def test_header_bombs(cluster_factory: Callable[..., Cluster], figures: Figures) -> None:
+    """Header bombs: a 32 MB JPEG of 8 million empty APP5 markers before its scan, and one of
+    32 MB of fill bytes, each a step of Pillow's header loop in Python."""
+    cluster = cluster_factory(Settings())
+    web, url = cluster.serve()
+    small = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(small, "JPEG")
+    head, rest = small.getvalue()[:2], small.getvalue()[2:]
+    files = {
+        "APP5 markers": head + b"\xff\xe5\x00\x02" * (8 * MiB - 1024) + rest,
+        "fill bytes": head + b"\xff" * (32 * MiB - 4096) + rest,
+    }
+    idle = rss_kib(web.pid)
+    answers = []
+    for name, data in files.items():
+        started = time.monotonic()
+        status, body = post_raw(url, data, "image/jpeg")
+        answered = time.monotonic() - started
+        assert status == 422, body
+        assert "JPEG markers before its pixels" in json.dumps(body), body
+        answers.append(f"{name} ({len(data) // MiB} MB): 422 in {answered * 1000:.0f} ms")
+    growth = (rss_kib(web.pid, "VmHWM") - idle) / 1024
+    hostile(
+        figures,
+        "422 before Pillow reads the header: over 1000 segments before the pixels",
+        "; ".join(answers) + f"; web peak RSS +{growth:.0f} MiB (the bodies' own) "
+        "(was: 10.3 s of the web's event loop and +1,060 MiB; 11.3 s)",
+        alive=alive(url),
+    )
+
+
 async def test_a_scan_bomb(cluster_factory: Callable[..., Cluster], figures: Figures) -> None:
     """A scan bomb: a 0.7 MB progressive JPEG of 4000 px whose 20,000 scans are each a pass over
     the whole image, sent to the API, and queued past it (as an older API would have)."""
