@@ -1,13 +1,15 @@
 """What comes before an image's pixels, counted before Pillow reads it.
 
 Pillow reads a header in Python, a segment at a time: a JPEG marker (or a byte of fill or junk
-between markers), a PNG chunk, a GIF block, a TIFF directory entry; and it makes a Python object
-for every strip or tile of a TIFF. Each costs 1-2 us, and a file may hold millions of them a few
-bytes long: a 32 MB JPEG of 8 million empty APP5 markers held the web's event loop for 10.3 s and
-grew it by 1,060 MiB (Pillow keeps every APP segment), and 32 MB of fill bytes held it for 11.3 s.
-Encoders write a few dozen segments (a phone's depth map, in extended XMP: about 40 of 64 KB), so
-``refusal`` turns away a file with more than ``MAX_SEGMENTS``, with a loop that stops there.
-Formats whose headers a C library reads (WebP, AVIF) and BMP's fixed header need no count.
+between markers), a PNG chunk (the pixels' and those after them too), a GIF block, a TIFF
+directory entry; and it makes a Python object for every strip or tile of a TIFF. Each costs
+1-2 us, and a file may hold millions of them a few bytes long: a 32 MB JPEG of 8 million empty
+APP5 markers held the web's event loop for 10.3 s and grew it by 1,060 MiB (Pillow keeps every
+APP segment), 32 MB of fill bytes held it for 11.3 s, and a worker spent 4.3 s on a 28 MB
+palette PNG of 2 million text chunks after its pixels. Encoders write a few dozen segments (a
+phone's depth map, in extended XMP: about 40 of 64 KB), so ``refusal`` turns away a file with
+more than ``MAX_SEGMENTS``, with a loop that stops there. Formats whose headers a C library
+reads (WebP, AVIF) and BMP's fixed header need no count.
 """
 
 from __future__ import annotations
@@ -28,7 +30,11 @@ def refusal(data: bytes) -> str | None:
     if data[:3] == b"\xff\xd8\xff":
         return _over(_jpeg_segments(data), "JPEG markers")
     if data[:8] == _PNG:
-        return _over(_png_chunks(data), "PNG chunks")
+        # Pillow reads every chunk, the pixels' too (IDAT, a few KiB each) and those after them.
+        allowed = MAX_SEGMENTS + len(data) // 1024
+        if _png_chunks(data, allowed) > allowed:
+            return f"the image has over {allowed} PNG chunks (1000, and one a KiB of the file)"
+        return None
     if data[:6] in (b"GIF87a", b"GIF89a"):
         return _over(_gif_blocks(data), "GIF blocks")
     if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
@@ -62,12 +68,12 @@ def _jpeg_segments(data: bytes) -> int:
     return count
 
 
-def _png_chunks(data: bytes) -> int:
-    """Chunks up to the first IDAT (where Pillow stops), as far as ``MAX_SEGMENTS`` + 1."""
+def _png_chunks(data: bytes, limit: int) -> int:
+    """Chunks to the end of the image, as far as ``limit`` + 1."""
     pos, count = len(_PNG), 0
-    while count <= MAX_SEGMENTS and pos + 8 <= len(data):
+    while count <= limit and pos + 8 <= len(data):
         count += 1
-        if data[pos + 4 : pos + 8] in (b"IDAT", b"IEND"):
+        if data[pos + 4 : pos + 8] == b"IEND":
             break
         pos += 12 + int.from_bytes(data[pos : pos + 4], "big")  # length, type, data, CRC
     return count
