@@ -24,6 +24,7 @@ files declaring the largest size a budget accepts, in a subprocess, and checks i
 
 from __future__ import annotations
 
+import re
 import struct
 from typing import TYPE_CHECKING
 
@@ -90,7 +91,7 @@ class Header:
     # the image (progressive, or a first scan without every component).
     sampling: tuple[tuple[int, int], ...] = ()
     all_coefficients: bool = False
-    scans: int = 0  # JPEG: its start-of-scan markers (those of an embedded thumbnail too)
+    scans: int = 0  # JPEG: the scans of its first image (up to MAX_JPEG_SCANS + 1)
     fast_png: bool = False  # PNG: a kind pngdecode takes (8-bit L/RGB/RGBA, no interlace)
     file_bits: int = 0  # TIFF: bits a pixel takes in the file (its strip buffer)
     rle: bool = False  # BMP: run-length encoded
@@ -115,9 +116,7 @@ def read_header(img: ImageFile.ImageFile, data: bytes) -> Header:
             header,
             sampling=sampling,
             all_coefficients=progressive or _first_scan_components(data) < len(sampling),
-            # 0xFF 0xDA cannot occur inside a scan's coded data (a 0xFF there is followed by 0
-            # or a restart marker): every one is a scan's start, or a byte of some metadata.
-            scans=data.count(b"\xff\xda"),
+            scans=_jpeg_scans(data, MAX_JPEG_SCANS),
         )
     if fmt == "PNG":
         rawmode = img.tile[0].args if img.tile else None
@@ -265,6 +264,37 @@ def _first_scan_components(data: bytes) -> int:
         (length,) = struct.unpack_from(">H", data, pos + 2)
         pos += 2 + length
     return 0
+
+
+_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+"""The marker after a scan's coded data, where a 0xFF is followed by 0 (a stuffed byte), a
+restart marker, or more 0xFF (fill)."""
+
+
+def _jpeg_scans(data: bytes, limit: int) -> int:
+    """The scans of a JPEG's first image (to its EOI), as far as ``limit`` + 1. Segments are
+    skipped by their length, so the bytes of a profile or a thumbnail are never taken for one."""
+    pos, scans = 2, 0
+    while scans <= limit and pos + 4 <= len(data):
+        marker = data[pos + 1] if data[pos] == 0xFF else -1
+        if marker in (-1, 0xFF):  # junk, or fill: on to the next marker
+            found = _NEXT_MARKER.search(data, pos + 1)
+            if found is None:
+                break
+            pos = found.start()
+        elif marker == 0xD9:  # the end of the first image (an MPO's others follow)
+            break
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            pos += 2
+        else:
+            pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+            if marker == 0xDA:
+                scans += 1
+                found = _NEXT_MARKER.search(data, pos)
+                if found is None:
+                    break
+                pos = found.start()
+    return scans
 
 
 def _tiff_file_bits(img: ImageFile.ImageFile) -> int:

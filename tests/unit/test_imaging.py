@@ -125,6 +125,18 @@ def test_a_jpeg_of_too_many_scans_is_refused_before_it_is_decoded() -> None:
     assert [thumb.size for thumb in imaging.make_thumbnails(at_most)] == [64, 32]
 
 
+def test_the_bytes_of_metadata_are_not_taken_for_scans() -> None:
+    """A profile (or a thumbnail, or an MPO's second picture) may hold 0xFF 0xDA: only the
+    first picture's own scans count. 8 MB of random profile holds some 130 such pairs."""
+    out = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(out, "JPEG", icc_profile=b"\xff\xda" * 150)
+    data = out.getvalue()
+    data += data  # a second picture after the first's end, as an MPO has
+    assert data.count(b"\xff\xda") > 2 * budget.MAX_JPEG_SCANS
+    assert header.inspect(data, MAX_PIXELS).width == 64
+    assert [thumb.size for thumb in imaging.make_thumbnails(data)] == [64, 32]
+
+
 def test_output_format_and_content_type() -> None:
     assert header.output_format("jpeg") == "jpeg"
     assert header.output_format("mpo") == "jpeg"
