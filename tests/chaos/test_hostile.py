@@ -178,6 +178,25 @@ def test_decompression_bombs(cluster_factory: Callable[..., Cluster], figures: F
     )
 
 
+def test_escaped_json(cluster_factory: Callable[..., Cluster], figures: Figures) -> None:
+    """Escapes: a 32 MB JSON body whose data string is \\/ over and over (valid JSON, and
+    valid base64 once decoded), while another client reads a status."""
+    cluster = cluster_factory(Settings())
+    _, url = cluster.serve()
+    body = b'{"data": "' + b"\\/" * (16 * MiB - 16) + b'"}'
+    started = time.monotonic()
+    status, answer = post_raw(url, body, "application/json")
+    answered = time.monotonic() - started
+    assert status == 422, answer  # 24 MB of 0xFF bytes: not an image
+    hostile(
+        figures,
+        "escapes decoded by C's JSON string scanner a chunk at a time; 422 (not an image)",
+        f"{len(body) // MiB} MB of escapes answered in {answered:.2f} s "
+        "(was: 21 s of the web's event loop)",
+        alive=alive(url),
+    )
+
+
 def test_header_bombs(cluster_factory: Callable[..., Cluster], figures: Figures) -> None:
     """Header bombs: a 32 MB JPEG of 8 million empty APP5 markers before its scan, and one of
     32 MB of fill bytes, each a step of Pillow's header loop in Python."""
