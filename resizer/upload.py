@@ -282,12 +282,12 @@ class JsonUpload:
         """Walk the JSON outside the data string, one byte at a time (it is small)."""
         end = len(chunk)
         while i < end:
-            char = chunk[i]
             if self._done:
-                if char not in _JSON_WHITESPACE:
+                # Whitespace may follow the object, as much as the body holds: checked at once.
+                if chunk[i:].translate(None, b" \t\r\n"):
                     raise BadRequest("the body is not valid JSON: data after the object")
-                i += 1
-                continue
+                return end
+            char = chunk[i]
             self._skeleton.append(char)
             if len(self._skeleton) > MAX_SKELETON_BYTES:
                 raise BadRequest(

@@ -211,3 +211,11 @@ def test_a_string_of_escapes_is_decoded_whole_not_an_escape_at_a_time() -> None:
         data = streamed(body, list(range(65536, len(body), 65536)))
     assert data == reference(body)
     assert calls <= 5
+
+
+@pytest.mark.parametrize("cut", [0, 5, 16, 17, 500, 2001])
+def test_whitespace_after_the_object_is_allowed_and_nothing_else(cut: int) -> None:
+    body = b'{"data": "QUJD"}' + b" \r\n\t" * 500
+    assert streamed(body, [cut]) == b"ABC"
+    with pytest.raises(BadRequest, match="data after the object"):
+        streamed(body + b"x", [cut])
