@@ -11,6 +11,7 @@ import binascii
 import functools
 import hmac
 import json
+import logging
 import mimetypes
 import signal
 import time
@@ -21,6 +22,7 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
 
 from resizer import faults, header, memory, openapi, shutdown
 from resizer.config import Settings
@@ -710,8 +712,25 @@ SHUTDOWN_SECONDS = 10.0
 """How long requests in flight get to finish once the server is asked to stop."""
 
 
+class _MalformedRequests(logging.Filter):
+    """aiohttp logs a request it cannot parse (a bad request line, a header too long or with a
+    control character) as an error, with its traceback. It is the client's doing, answered 400
+    by aiohttp itself: one line at info, ``request.malformed``, with what was wrong."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, BadHttpMessage):
+            return True
+        record.msg, record.args = "request.malformed", ()
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.exc_info, record.exc_text = None, None
+        record.error = " ".join(str(exc.message).split())[:200]
+        return logging.getLogger().isEnabledFor(logging.INFO)
+
+
 def serve(settings: Settings, host: str, port: int) -> None:
     """Run the web server until SIGTERM/SIGINT, finishing the requests in flight."""
+    logging.getLogger("aiohttp.server").addFilter(_MalformedRequests())
     asyncio.run(_serve(settings, host, port))
 
 

@@ -62,6 +62,7 @@ def _route_standard_logging(
             foreign_pre_chain=[
                 structlog.stdlib.add_log_level,
                 structlog.stdlib.add_logger_name,
+                structlog.stdlib.ExtraAdder(),  # fields given as logging's ``extra``
                 structlog.processors.TimeStamper(fmt="iso", utc=True),
             ],
             processors=[

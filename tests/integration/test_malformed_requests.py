@@ -1,0 +1,59 @@
+"""Requests aiohttp cannot parse: answered 400 by aiohttp, logged by a real ``resizer serve`` as
+one line at info, never an error with a traceback (the client's doing, and anyone can send it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from resizer.embedded import free_port
+from resizer.processes import resizer_command
+from tests.helpers import answers, wait_until
+
+pytestmark = pytest.mark.integration
+
+MALFORMED = [
+    b"GET /health HTTP/1.1\r\nHost: x\r\nX-Request-Id: abc\x7f\r\n\r\n",  # a control character
+    b"GET /health HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 20_000 + b"\r\n\r\n",  # too long
+    b"GET /health HTTP/9.9\r\nHost: x\r\n\r\n",  # no such version
+]
+
+
+def test_malformed_requests_are_one_line_at_info(redis_server: Any, tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            resizer_command("serve", "--host", "127.0.0.1", "--port", str(port)),
+            env={**os.environ, "REDIS_URL": redis_server.url, "RESIZER_LOG_LEVEL": "INFO"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: answers(url), 60, "resizer serve")
+        for request in MALFORMED:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(request)
+                status = sock.recv(4096).partition(b"\r\n")[0]
+                assert status.split()[1] in (b"400", b"505"), status
+
+        def logged() -> list[dict[str, Any]]:
+            lines = log.read_text().splitlines()
+            return [e for e in map(json.loads, lines) if e["event"] == "request.malformed"]
+
+        wait_until(lambda: len(logged()) == len(MALFORMED), 10, "the malformed requests logged")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    malformed = [e for e in events if e["event"] == "request.malformed"]
+    assert {e["level"] for e in malformed} == {"info"}
+    assert all("exception" not in e and e["error"] for e in malformed), malformed
+    assert not [e for e in events if e["level"] in ("error", "critical")], events
