@@ -14,6 +14,7 @@ import json
 import logging
 import mimetypes
 import signal
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -751,6 +752,26 @@ def _raise_open_files_limit() -> None:
         log.info("open_files.raised", soft=soft, to=hard)
 
 
+def _listener(
+    runner: web.AppRunner, sockets: list[socket.socket], wanted: int, metrics: Metrics
+) -> Listener:
+    """The API's own accept loop (``resizer.listener``) for the server ``runner`` set up."""
+    server = runner.server
+    assert server is not None  # set up
+    listener = Listener(
+        sockets,
+        server,
+        lambda: len(server.connections),
+        connection_cap(wanted),
+        lambda reason: metrics.accept_pauses.labels(reason).inc(),
+    )
+    metrics.connections.set_function(lambda: len(server.connections))
+    metrics.max_connections.set(listener.cap)
+    for reason in PAUSE_REASONS:
+        metrics.accept_pauses.labels(reason)  # at 0 from the start, for rate()
+    return listener
+
+
 async def _serve(settings: Settings, host: str, port: int) -> None:
     if memory.keep_freed_memory(memory.WEB_KEEP_BELOW, memory.WEB_TRIM_ABOVE):
         log.info(
@@ -777,20 +798,7 @@ async def _serve(settings: Settings, host: str, port: int) -> None:
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS)
         await runner.setup()
         runners.append(runner)
-        server = runner.server
-        assert server is not None  # set up above
-        metrics = app[METRICS]
-        listener = Listener(
-            sockets,
-            server,
-            lambda: len(server.connections),
-            connection_cap(settings.max_connections),
-            lambda reason: metrics.accept_pauses.labels(reason).inc(),
-        )
-        metrics.connections.set_function(lambda: len(server.connections))
-        metrics.max_connections.set(listener.cap)
-        for reason in PAUSE_REASONS:
-            metrics.accept_pauses.labels(reason)  # at 0 from the start, for rate()
+        listener = _listener(runner, sockets, settings.max_connections, app[METRICS])
         listener.start()
         if settings.metrics_addr is not None:
             address = settings.metrics_addr
