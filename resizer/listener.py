@@ -112,6 +112,9 @@ class Listener:
         self.cap = cap
         self._on_pause = on_pause
         self._starting: set[asyncio.Task[object]] = set()
+        # Connections open at most: the last count, plus those accepted since. Counting builds
+        # a list of every connection, so it is done only once this comes near the cap.
+        self._at_most = 0
         self._resume: asyncio.TimerHandle | None = None
         self._logged_at = -LOG_EVERY_SECONDS
         self._pauses = 0
@@ -129,7 +132,10 @@ class Listener:
             sock.close()
 
     def _room(self) -> int:
-        return self.cap - self._open() - len(self._starting)
+        if self.cap - self._at_most > BACKLOG:
+            return self.cap - self._at_most  # room for a whole batch, whatever closed since
+        self._at_most = self._open() + len(self._starting)
+        return self.cap - self._at_most
 
     def _accept(self, sock: socket.socket) -> None:
         for _ in range(min(self._room(), BACKLOG)):
@@ -150,6 +156,7 @@ class Listener:
 
     def _connect(self, conn: socket.socket) -> None:
         conn.setblocking(False)
+        self._at_most += 1
         task: asyncio.Task[object] = self._loop.create_task(
             self._loop.connect_accepted_socket(self._factory, conn)
         )
