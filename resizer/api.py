@@ -752,10 +752,18 @@ def _raise_open_files_limit() -> None:
         log.info("open_files.raised", soft=soft, to=hard)
 
 
+METRICS_CONNECTIONS = 64
+"""Connections the separate metrics listener holds at most: its clients are a few scrapers."""
+
+
 def _listener(
-    runner: web.AppRunner, sockets: list[socket.socket], wanted: int, metrics: Metrics
+    runner: web.AppRunner,
+    sockets: list[socket.socket],
+    wanted: int,
+    metrics: Metrics | None = None,
 ) -> Listener:
-    """The API's own accept loop (``resizer.listener``) for the server ``runner`` set up."""
+    """An accept loop of our own (``resizer.listener``) for the server ``runner`` set up; the
+    API's reports its connections in ``metrics``."""
     server = runner.server
     assert server is not None  # set up
     listener = Listener(
@@ -763,12 +771,13 @@ def _listener(
         server,
         lambda: len(server.connections),
         connection_cap(wanted),
-        lambda reason: metrics.accept_pauses.labels(reason).inc(),
+        (lambda reason: metrics.accept_pauses.labels(reason).inc()) if metrics else lambda _: None,
     )
-    metrics.connections.set_function(lambda: len(server.connections))
-    metrics.max_connections.set(listener.cap)
-    for reason in PAUSE_REASONS:
-        metrics.accept_pauses.labels(reason)  # at 0 from the start, for rate()
+    if metrics is not None:
+        metrics.connections.set_function(lambda: len(server.connections))
+        metrics.max_connections.set(listener.cap)
+        for reason in PAUSE_REASONS:
+            metrics.accept_pauses.labels(reason)  # at 0 from the start, for rate()
     return listener
 
 
@@ -792,34 +801,34 @@ async def _serve(settings: Settings, host: str, port: int) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping)
     faults.hit("at_start")
-    listener: Listener | None = None
+    listeners: list[Listener] = []
     try:
         sockets = await bind(host, port)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS)
         await runner.setup()
         runners.append(runner)
-        listener = _listener(runner, sockets, settings.max_connections, app[METRICS])
-        listener.start()
+        listeners.append(_listener(runner, sockets, settings.max_connections, app[METRICS]))
         if settings.metrics_addr is not None:
             address = settings.metrics_addr
+            sockets = await bind(address.host, address.port)
             runner = web.AppRunner(
                 make_metrics_app(app), access_log=None, shutdown_timeout=SHUTDOWN_SECONDS
             )
             await runner.setup()
             runners.append(runner)
-            await web.TCPSite(
-                runner, address.host or None, address.port, shutdown_timeout=SHUTDOWN_SECONDS
-            ).start()
+            listeners.append(_listener(runner, sockets, METRICS_CONNECTIONS))
+        for listener in listeners:
+            listener.start()
         log.info(
             "server.started",
             host=host,
             port=port,
             metrics=str(settings.metrics_addr or ""),
-            max_connections=listener.cap,
+            max_connections=listeners[0].cap,
         )
         await stop.wait()
     finally:
-        if listener is not None:
+        for listener in listeners:
             listener.close()  # accept no more, then let the requests in flight finish
         for runner in reversed(runners):
             await runner.cleanup()

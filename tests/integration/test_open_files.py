@@ -19,7 +19,7 @@ import attrs
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from resizer import listener
+from resizer import api, listener
 from resizer.embedded import free_port
 from resizer.processes import resizer_command
 from tests.helpers import answers, make_noise_image, wait_until
@@ -39,6 +39,16 @@ class Web:
 
     def events(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.log.read_text().splitlines()]
+
+
+def accepted(port: int) -> int:
+    """Connections to ``port`` a process has accepted (those in the backlog have no inode)."""
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port and fields[3] == "01" and fields[9] != "0":
+            count += 1
+    return count
 
 
 def open_files_limit(pid: int) -> tuple[int, int]:
@@ -194,3 +204,26 @@ def test_an_address_in_use_is_one_line(redis_server: Any) -> None:
     assert done.returncode == 1, done.stderr
     assert done.stderr == f"resizer: cannot listen on 127.0.0.1:{port}: address already in use\n"
     assert "Traceback" not in done.stdout
+
+
+def test_the_metrics_listener_of_a_real_serve(start_web: Any) -> None:
+    """RESIZER_METRICS_ADDR: a second listener of the web's own, with its own small cap."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    port = free_port()
+    web = start_web(hard, hard, RESIZER_METRICS_ADDR=f"127.0.0.1:{port}")
+    assert status_of(web.url, "/metrics") == 404  # not on the API's port
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        assert "resizer_http_connections_max 8192.0" in response.read().decode()
+    cap = api.METRICS_CONNECTIONS
+    with ExitStack() as held:
+        # More scrapers than it takes: the rest wait in the backlog, and the API is not held up.
+        for _ in range(2 * cap):
+            held.enter_context(socket.create_connection(("127.0.0.1", port)))
+
+        def paused() -> bool:
+            return any(e["event"] == "accepting.paused" for e in web.events())
+
+        wait_until(paused, 30, "the metrics listener to stop accepting at its cap")
+        wait_until(lambda: accepted(port) >= cap, 30, f"{cap} connections accepted")
+        assert accepted(port) == cap
+        assert status_of(web.url, "/ready") == 200
