@@ -29,6 +29,7 @@ from resizer import faults, header, memory, openapi, shutdown
 from resizer.config import Settings
 from resizer.errors import (
     BadRequest,
+    FragmentedBody,
     ImageGone,
     Overloaded,
     PayloadTooLarge,
@@ -283,6 +284,12 @@ class UploadBudget:
 UPLOADS = web.AppKey("uploads", UploadBudget)
 
 
+MIN_PIECE_BYTES = 64
+"""What a piece of a body (a chunk of a chunked one, or what a read off the socket brought) must
+bring on average, past its first 1000. aiohttp takes each chunk in Python: a body of 1-byte
+chunks cost the web 0.56 s of CPU for 5.9 MB on the wire, against 0.01 s for 6 MB sent plain."""
+
+
 async def read_body(
     request: web.Request,
     feed: Callable[[bytes], None],
@@ -300,10 +307,12 @@ async def read_body(
     # and a client that sends a burst, then a byte now and then, cannot hold what it sent.
     quota = max(1, int(rate * stall))
     received, window, window_ends = 0, 0, time.monotonic() + stall
+    pieces = 0
     while True:
         try:
             async with asyncio.timeout(max(window_ends - time.monotonic(), 0)):
-                chunk = await request.content.readany()
+                # A chunked body a chunk at a time, so that its chunks are counted below.
+                chunk, chunk_ended = await request.content.readchunk()
         except TimeoutError:
             if quota == 1:
                 raise RequestTimeout(
@@ -315,9 +324,15 @@ async def read_body(
                 f"{rate} bytes a second (RESIZER_BODY_MIN_RATE) over every RESIZER_BODY_TIMEOUT; "
                 "the connection is closed"
             ) from None
-        if not chunk:
+        if not chunk and not chunk_ended:
             return
         received += len(chunk)
+        pieces += 1
+        if pieces > 1000 + received // MIN_PIECE_BYTES:
+            raise FragmentedBody(
+                f"the body arrives in pieces of {received // pieces} bytes on average: send it "
+                f"in chunks of {MIN_PIECE_BYTES} bytes or more"
+            )
         if received > limit:
             raise PayloadTooLarge(f"the request body is over the limit of {limit} bytes")
         take(len(chunk))

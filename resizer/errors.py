@@ -31,6 +31,13 @@ class BadRequest(ResizerError):
     code = "bad_request"
 
 
+class FragmentedBody(BadRequest):
+    """A body sent in pieces so small that taking them costs more than their bytes (a chunked
+    body of 1-byte chunks); its connection is closed."""
+
+    closes_connection = True
+
+
 class RequestTimeout(ResizerError):
     """The request body stalled for longer than ``RESIZER_BODY_TIMEOUT``."""
 
