@@ -197,6 +197,32 @@ def test_escaped_json(cluster_factory: Callable[..., Cluster], figures: Figures)
     )
 
 
+def test_tiny_chunks(cluster_factory: Callable[..., Cluster], figures: Figures) -> None:
+    """Tiny chunks: an upload of a million 1-byte chunks (5.9 MB on the wire), each a step of
+    aiohttp's chunk handling in Python."""
+    cluster = cluster_factory(Settings())
+    web, url = cluster.serve()
+    port = int(url.rpartition(":")[2])
+    body = b"1\r\nQ\r\n" * 1_000_000 + b"0\r\n\r\n"
+    before = cpu_seconds(web.pid)
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        with suppress(OSError):  # refused, and closed while it still sends
+            sock.sendall(
+                b"POST /tasks HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n" + body
+            )
+        with suppress(OSError):
+            sock.recv(4096)
+    wait_until(lambda: any(e.get("status") == 400 for e in cluster.events(web)), 30, "the refusal")
+    spent = cpu_seconds(web.pid) - before
+    hostile(
+        figures,
+        "400 past 1000 pieces under 64 bytes on average; the connection closed",
+        f"web CPU {spent:.2f} s for 5.9 MB of 1-byte chunks (was 0.56 s, read to the end)",
+        alive=alive(url),
+    )
+
+
 def test_header_bombs(cluster_factory: Callable[..., Cluster], figures: Figures) -> None:
     """Header bombs: a 32 MB JPEG of 8 million empty APP5 markers before its scan, and one of
     32 MB of fill bytes, each a step of Pillow's header loop in Python."""
