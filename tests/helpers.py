@@ -108,6 +108,19 @@ def upload(data: bytes | None = None, *, real: bool = False) -> Upload:
     return Upload.of(info, data)
 
 
+def accepted(port: int) -> int:
+    """Connections to local ``port`` that a process has accepted: established, and owned by a
+    socket (those still in the kernel's backlog have no inode yet). Linux, IPv4."""
+    from pathlib import Path
+
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port and fields[3] == "01" and fields[9] != "0":
+            count += 1
+    return count
+
+
 def answers(url: str, path: str = "/health", status: int = 200) -> bool:
     """True if ``url + path`` answers ``status`` now (False while nothing listens there)."""
     import urllib.error

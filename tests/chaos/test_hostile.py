@@ -36,7 +36,7 @@ from resizer.processes import resizer_command
 from resizer.store import Store, client_for
 from resizer.store.keys import partition, task_key
 from tests.chaos.harness import Cluster, Figures, http_get, percentile
-from tests.helpers import jpeg_scan_bomb, make_noise_image, wait_until
+from tests.helpers import accepted, jpeg_scan_bomb, make_noise_image, wait_until
 
 MiB = 2**20
 
@@ -460,17 +460,6 @@ def test_upload_flood(cluster_factory: Callable[..., Cluster], figures: Figures)
         f"(budget {budget // MiB} MiB)",
         alive=alive(url),
     )
-
-
-def accepted(port: int) -> int:
-    """Connections to ``port`` that the server has accepted: established, and owned by a
-    socket (those still in the kernel's backlog have no inode yet)."""
-    count = 0
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if int(fields[1].split(":")[1], 16) == port and fields[3] == "01" and fields[9] != "0":
-            count += 1
-    return count
 
 
 def test_connection_flood(cluster_factory: Callable[..., Cluster], figures: Figures) -> None:

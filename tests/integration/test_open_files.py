@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from resizer import api, listener
 from resizer.embedded import free_port
 from resizer.processes import resizer_command
-from tests.helpers import answers, make_noise_image, wait_until
+from tests.helpers import accepted, answers, make_noise_image, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -39,16 +39,6 @@ class Web:
 
     def events(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.log.read_text().splitlines()]
-
-
-def accepted(port: int) -> int:
-    """Connections to ``port`` a process has accepted (those in the backlog have no inode)."""
-    count = 0
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if int(fields[1].split(":")[1], 16) == port and fields[3] == "01" and fields[9] != "0":
-            count += 1
-    return count
 
 
 def open_files_limit(pid: int) -> tuple[int, int]:
