@@ -1,5 +1,6 @@
 """How much memory the worker's decode of an image needs, known from its header alone; and the
-one input whose decode time its size does not bound, a JPEG of many scans (``too_many_scans``).
+one input whose decode time its size does not bound, a JPEG of many scans (``refusal`` says no
+to either).
 
 The pixel cap does not bound memory: a 36-byte lossless WebP may declare 7000x7000, and its
 decode then holds four buffers of that size at once. ``decode_bytes`` adds up, for the decode the
@@ -25,7 +26,6 @@ files declaring the largest size a budget accepts, in a subprocess, and checks i
 from __future__ import annotations
 
 import re
-import struct
 from typing import TYPE_CHECKING
 
 import attrs
@@ -112,11 +112,12 @@ def read_header(img: ImageFile.ImageFile, data: bytes) -> Header:
         layers = getattr(img, "layer", [])
         sampling = tuple((int(h), int(v)) for _, h, v, _ in layers)
         progressive = bool(img.info.get("progressive"))
+        first_components, scans = _jpeg_scans(data, MAX_JPEG_SCANS)
         return attrs.evolve(
             header,
             sampling=sampling,
-            all_coefficients=progressive or _first_scan_components(data) < len(sampling),
-            scans=_jpeg_scans(data, MAX_JPEG_SCANS),
+            all_coefficients=progressive or first_components < len(sampling),
+            scans=scans,
         )
     if fmt == "PNG":
         rawmode = img.tile[0].args if img.tile else None
@@ -171,22 +172,21 @@ def decode_bytes(header: Header, target: int = max(SIZES)) -> int:
     return max(during, after) + copies * header.data_bytes
 
 
-def too_many_scans(header: Header) -> str | None:
-    """Why the decode would take out of proportion to the file's size, or None."""
+def refusal(header: Header, limit: int, target: int = max(SIZES)) -> str | None:
+    """Why the worker must not decode this image, or None: its decode would need more than
+    ``limit`` bytes, or take out of proportion to the file's size (a JPEG of many scans)."""
+    needed = decode_bytes(header, target)
+    if needed > limit:
+        return (
+            f"the image needs about {-(-needed // MiB)} MiB to decode, over the limit of"
+            f" {limit // MiB} MiB (RESIZER_MAX_DECODE_BYTES)"
+        )
     if header.scans > MAX_JPEG_SCANS:
         return (
             f"the JPEG has {header.scans} scans, over the limit of {MAX_JPEG_SCANS}: each one "
             "is decoded over the whole image"
         )
     return None
-
-
-def over_budget(needed: int, limit: int) -> str:
-    """The message for an image whose decode would need ``needed`` bytes, over ``limit``."""
-    return (
-        f"the image needs about {-(-needed // MiB)} MiB to decode, over the limit of"
-        f" {limit // MiB} MiB (RESIZER_MAX_DECODE_BYTES)"
-    )
 
 
 def jpeg_draft_request(mode: str, target: int) -> int:
@@ -246,38 +246,21 @@ def _png_bytes(header: Header, stored: int) -> int:
     return max(2 * rows + samples, samples + (pixels * 4 if channels == 3 else 0))
 
 
-def _first_scan_components(data: bytes) -> int:
-    """The number of components in a JPEG's first scan (SOS), or 0 if it cannot be found."""
-    pos = 2
-    while pos + 4 < len(data):
-        if data[pos] != 0xFF:
-            return 0
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if 0xD0 <= marker <= 0xD8 or marker == 0x01:  # markers without a length
-            pos += 2
-            continue
-        if marker == 0xDA:
-            return data[pos + 4]
-        (length,) = struct.unpack_from(">H", data, pos + 2)
-        pos += 2 + length
-    return 0
-
-
 _NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 """The marker after a scan's coded data, where a 0xFF is followed by 0 (a stuffed byte), a
 restart marker, or more 0xFF (fill)."""
 
 
-def _jpeg_scans(data: bytes, limit: int) -> int:
-    """The scans of a JPEG's first image (to its EOI), as far as ``limit`` + 1. Segments are
-    skipped by their length, so the bytes of a profile or a thumbnail are never taken for one."""
-    pos, scans = 2, 0
+def _jpeg_scans(data: bytes, limit: int) -> tuple[int, int]:
+    """A JPEG's first picture (to its EOI), walked a segment at a time: the components of its
+    first scan (0 when junk comes before it: every coefficient is then counted), and its scans,
+    as far as ``limit`` + 1. Segments are skipped by their length, so the bytes of a profile or
+    a thumbnail are never taken for a scan."""
+    pos, scans, first, clean = 2, 0, 0, True
     while scans <= limit and pos + 4 <= len(data):
         marker = data[pos + 1] if data[pos] == 0xFF else -1
         if marker in (-1, 0xFF):  # junk, or fill: on to the next marker
+            clean = clean and marker == 0xFF
             found = _NEXT_MARKER.search(data, pos + 1)
             if found is None:
                 break
@@ -287,14 +270,16 @@ def _jpeg_scans(data: bytes, limit: int) -> int:
         elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
             pos += 2
         else:
-            pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+            start, pos = pos, pos + 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
             if marker == 0xDA:
+                if scans == 0 and clean and start + 4 < len(data):
+                    first = data[start + 4]
                 scans += 1
                 found = _NEXT_MARKER.search(data, pos)
                 if found is None:
                     break
                 pos = found.start()
-    return scans
+    return first, scans
 
 
 def _tiff_file_bits(img: ImageFile.ImageFile) -> int:

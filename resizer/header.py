@@ -63,8 +63,7 @@ def inspect(
         with open_image(data) as img:
             fmt = (img.format or "").lower()
             width, height = img.size
-            found = budget.read_header(img, data)
-            needed = budget.decode_bytes(found)
+            refused = budget.refusal(budget.read_header(img, data), max_decode_bytes)
     except InvalidImage:
         raise
     except Image.DecompressionBombError as exc:
@@ -88,10 +87,8 @@ def inspect(
         raise InvalidImage(
             f"the image is {width}x{height} = {width * height} pixels, over the limit of {limit}"
         )
-    if needed > max_decode_bytes:
-        raise InvalidImage(budget.over_budget(needed, max_decode_bytes))
-    if (too_long := budget.too_many_scans(found)) is not None:
-        raise InvalidImage(too_long)
+    if refused is not None:
+        raise InvalidImage(refused)
     return ImageInfo(format=fmt, width=width, height=height)
 
 

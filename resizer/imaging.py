@@ -135,12 +135,9 @@ def _thumbnail_images(
         target = sizes[0]
         # The web process checked this too; a worker may still be handed a task that an older
         # API accepted, and a decode past the budget would take the worker down with it.
-        found = budget.read_header(img, data)
-        needed = budget.decode_bytes(found, target)
-        if needed > max_decode_bytes:
-            raise ImageDecodeError(budget.over_budget(needed, max_decode_bytes))
-        if (too_long := budget.too_many_scans(found)) is not None:
-            raise ImageDecodeError(too_long)
+        refused = budget.refusal(budget.read_header(img, data), max_decode_bytes, target)
+        if refused is not None:
+            raise ImageDecodeError(refused)
         # The part of the decoded pixels that the original covers: shrinking by a factor that does
         # not divide the size leaves a partial last row and column, which must not be stretched.
         extent = float(width)
