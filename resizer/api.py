@@ -41,7 +41,13 @@ from resizer.errors import (
     Unauthorized,
     UnsupportedEncoding,
 )
-from resizer.listener import PAUSE_REASONS, Listener, bind, connection_cap
+from resizer.listener import (
+    PAUSE_REASONS,
+    Listener,
+    bind,
+    connection_cap,
+    raise_open_files_limit,
+)
 from resizer.metrics import Metrics, cluster_response
 from resizer.models import (
     MAX_WAIT_SECONDS,
@@ -750,23 +756,6 @@ def serve(settings: Settings, host: str, port: int) -> None:
     asyncio.run(_serve(settings, host, port))
 
 
-def _raise_open_files_limit() -> None:
-    """Take the hard limit on open files rather than the soft one the process was started with.
-
-    Every client connection is an open file, and so is every Redis connection the web opens to
-    answer them. Shells, systemd and some container runtimes leave the soft limit at 1,024,
-    which a thousand idle keep-alive connections reach; past it the web accepts no connection and
-    opens none to Redis. The hard limit is the operator's to set (``ulimit -Hn``, compose's
-    ``ulimits``); Go's runtime and nginx take it the same way.
-    """
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard and hard != resource.RLIM_INFINITY:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        log.info("open_files.raised", soft=soft, to=hard)
-
-
 METRICS_CONNECTIONS = 64
 """Connections the separate metrics listener holds at most: its clients are a few scrapers."""
 
@@ -801,7 +790,7 @@ async def _serve(settings: Settings, host: str, port: int) -> None:
         log.info(
             "allocator.tuned", keep_below=memory.WEB_KEEP_BELOW, trim_above=memory.WEB_TRIM_ABOVE
         )
-    _raise_open_files_limit()
+    raise_open_files_limit()
     app = make_app(settings)
     runners = []
     stop = asyncio.Event()

@@ -52,6 +52,21 @@ class CannotListen(ResizerError):
     code = "cannot_listen"
 
 
+def raise_open_files_limit() -> None:
+    """Take the hard limit on open files rather than the soft one the process was started with.
+
+    Every client connection is an open file, and so is every Redis connection the web opens to
+    answer them. Shells, systemd and some container runtimes leave the soft limit at 1,024,
+    which a thousand idle keep-alive connections reach; past it the web accepts no connection and
+    opens none to Redis. The hard limit is the operator's to set (``ulimit -Hn``, compose's
+    ``ulimits``); Go's runtime and nginx take it the same way.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard and hard != resource.RLIM_INFINITY:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        log.info("open_files.raised", soft=soft, to=hard)
+
+
 def connection_cap(wanted: int) -> int:
     """``wanted``, or as many as the soft limit on open files holds beside ``RESERVE_FILES``."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
