@@ -4,7 +4,9 @@ The load client (this process, warmed up before the server starts) polls ``/read
 10 ms; from its first 200 it keeps ``IN_FLIGHT`` POSTs of unique 3000 px photos (JSON) going
 for ``SECONDS`` and deletes each task once created (not timed), so Redis does not fill up.
 POST p99 over the first 5 s after /ready answered, against the p99 of a later window of the
-same run: anything the web process needs for a request must be ready before /ready says so.
+same run: anything the web process needs for a request must be ready before /ready says so,
+but for Pillow, which the first upload loads (~20 ms once, docs/imaging.md): the very first
+POST's latency is printed beside the p99s.
 """
 
 from __future__ import annotations

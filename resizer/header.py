@@ -1,47 +1,29 @@
 """What the web process needs to know of an image: its format and size from the header, whether
 its decode fits the budget, and the content type of its thumbnails.
 
-Imports Pillow and nothing of the pixel stack (numpy, pyspng, deflate): only the worker, through
-``resizer.imaging``, decodes pixels.
+Nothing of the pixel stack (numpy, pyspng, deflate): only the worker, through ``resizer.imaging``,
+decodes pixels. Pillow itself loads with the first image read (``open_image``), not with this
+module: its C core and plugins are a tenth of the web's start, and every request but an upload
+does without them (docs/imaging.md).
 """
 
 from __future__ import annotations
 
 import io
-
-from PIL import (
-    BmpImagePlugin,
-    GifImagePlugin,
-    Image,
-    ImageFile,
-    JpegImagePlugin,
-    PngImagePlugin,
-    TiffImagePlugin,
-    UnidentifiedImageError,
-    WebPImagePlugin,
-)
+from typing import TYPE_CHECKING
 
 from resizer import budget, preamble
 from resizer.errors import InvalidImage
 from resizer.models import ImageInfo
+
+if TYPE_CHECKING:
+    from PIL import ImageFile
 
 # What we open. Pillow knows many more formats, but some of them hand the bytes to an external
 # program (EPS runs Ghostscript) or are rarely seen outside exploits; a short list keeps the
 # attack surface to well-fuzzed decoders. (Phones' multi-picture JPEGs open through "JPEG" and
 # report themselves as "MPO".)
 INPUT_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP", "AVIF")
-# Image.open(formats=...) only knows plugins that were imported; import exactly these (and not
-# Image.init(), which registers every format). AVIF's comes with the first file that may be one
-# (``open_image``): its decoder brings libavif and the C++ runtime, 1.2 MB of every web
-# process's resident memory, for the rarest of these formats.
-_PLUGINS = (
-    BmpImagePlugin,
-    GifImagePlugin,
-    JpegImagePlugin,
-    PngImagePlugin,
-    TiffImagePlugin,
-    WebPImagePlugin,
-)
 
 # Formats Pillow writes well at thumbnail size; anything else comes out as PNG.
 _OUTPUT_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
@@ -59,6 +41,8 @@ def inspect(
     """
     if not data:
         raise InvalidImage("the image is empty")
+    from PIL import Image, UnidentifiedImageError
+
     try:
         with open_image(data) as img:
             fmt = (img.format or "").lower()
@@ -100,6 +84,20 @@ def open_image(data: bytes) -> ImageFile.ImageFile:
     """
     if (refused := preamble.refusal(data)) is not None:
         raise InvalidImage(refused)
+    # Image.open(formats=...) only knows plugins that were imported: import exactly these (not
+    # Image.init(), which registers every format). AVIF's comes with the first file that may be
+    # one: its decoder brings libavif and the C++ runtime, 1.2 MB of resident memory, for the
+    # rarest of these formats.
+    from PIL import (  # noqa: F401  (each registers itself)
+        BmpImagePlugin,
+        GifImagePlugin,
+        Image,
+        JpegImagePlugin,
+        PngImagePlugin,
+        TiffImagePlugin,
+        WebPImagePlugin,
+    )
+
     if data[4:8] == b"ftyp":  # an ISO media file, as every AVIF is
         from PIL import AvifImagePlugin  # noqa: F401  (it registers itself)
     # Asked for a format whose plugin is not loaded, Pillow loads every plugin it has.

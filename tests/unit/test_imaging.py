@@ -728,16 +728,23 @@ def test_a_profile_over_the_size_limit_is_converted_uncached(
     assert transforms.keys() == []
 
 
-def test_the_header_check_imports_no_pixel_stack() -> None:
-    # The web process imports resizer.header: numpy and pyspng are the worker's alone.
-    check = "import sys, resizer.header; print('numpy' in sys.modules, 'pyspng' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["False", "False"]
-    pipeline = check.replace("resizer.header", "resizer.imaging")
-    out = subprocess.run(
-        [sys.executable, "-c", pipeline], capture_output=True, text=True, check=True
+def test_the_web_imports_no_pixel_stack_and_pillow_only_with_its_first_image() -> None:
+    # numpy and pyspng are the worker's alone; the web loads Pillow when an upload comes.
+    check = (
+        "import sys, resizer.api, resizer.header as h; s = sys.modules; "
+        "print('numpy' in s, 'pyspng' in s, 'PIL' in s); "
+        "h.inspect(bytes.fromhex(sys.argv[1]), 10**6); print('PIL' in s, 'numpy' in s)"
     )
-    assert out.stdout.split() == ["True", "True"]  # the check above can tell
+    image = encode(_solid("RGB", (200, 120, 40)), "PNG").hex()
+    out = subprocess.run(
+        [sys.executable, "-c", check, image], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["False", "False", "False", "True", "False"]
+    pipeline = check.replace("resizer.api", "resizer.imaging")
+    out = subprocess.run(
+        [sys.executable, "-c", pipeline, image], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split()[:3] == ["True", "True", "True"]  # the check above can tell
 
 
 def test_a_multi_picture_jpeg_is_served_as_jpeg() -> None:
