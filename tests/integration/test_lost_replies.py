@@ -53,6 +53,10 @@ async def stalled(url: str, call: Callable[[], Awaitable[Any]]) -> Any:
     sleeper = aioredis.Redis.from_url(url, socket_timeout=10)
     probe = aioredis.Redis.from_url(url, socket_timeout=10)
     try:
+        # Connected first: a connection's handshake under load could outlast the probe's 50 ms
+        # and pass for Redis asleep, before the sleeper has sent its command.
+        await sleeper.ping()
+        await probe.ping()
         sleeping = asyncio.create_task(
             sleeper.execute_command("DEBUG", "SLEEP", STALL)  # type: ignore[no-untyped-call]
         )

@@ -10,6 +10,12 @@ from typing import Any
 
 import pytest
 import schemathesis
+
+# schemathesis.openapi.from_url imports its OpenAPI modules on first use; imported here, they are
+# parsed (pytest rewrites a plugin's asserts) while collecting, not while a test's threads run:
+# CPython 3.11.7's ast.parse can then fail with a spurious "AST constructor recursion depth
+# mismatch" (python/cpython#106905, fixed in 3.11.8), as one run of the suite did.
+import schemathesis.specs.openapi.adapter
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from hypothesis import HealthCheck, given, settings
