@@ -64,6 +64,13 @@ class RedisBusy(redis.exceptions.ResponseError):
     script ends or is killed."""
 
 
+class WrongType(redis.exceptions.ResponseError):
+    """A key under one of resizer's names holds another type than resizer keeps there
+    (WRONGTYPE): another program writes into resizer's database. Every script checks its keys
+    first and refuses with nothing written, naming the key; the key stays until an operator
+    removes it."""
+
+
 # redis-py raises these replies as plain ResponseErrors, like a bug in a command. Its parsers
 # type an error reply by its first word through one table: listed there, they come typed from
 # every command, pipeline and transaction, on every kind of client.
@@ -71,6 +78,7 @@ for _code, _kind in (
     ("MISCONF", WritesRefused),
     ("NOREPLICAS", WritesRefused),
     ("BUSY", RedisBusy),
+    ("WRONGTYPE", WrongType),
 ):
     BaseParser.EXCEPTION_CLASSES.setdefault(_code, _kind)
 
@@ -78,8 +86,9 @@ for _code, _kind in (
 # Errors that mean "Redis is not there right now", as opposed to a bug in a command. A write its
 # replicas did not confirm counts too: a failover could still take it away. So does a Redis
 # that takes no writes for now (a failed save, too few replicas, a replica where the primary
-# was), or none at all while a script runs past its time limit: waited out like an outage,
-# never a crash or a FAILED task.
+# was), or none at all while a script runs past its time limit, and one that holds another
+# program's key under one of resizer's names: waited out like an outage, never a crash or a
+# FAILED task.
 REDIS_DOWN: Final = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
@@ -89,6 +98,7 @@ REDIS_DOWN: Final = (
     redis.exceptions.ReadOnlyError,
     WritesRefused,
     RedisBusy,
+    WrongType,
     NotReplicated,
 )
 
@@ -400,6 +410,8 @@ def outage_event(exc: BaseException) -> str:
         return "redis.refusing_writes"
     if isinstance(exc, RedisBusy):
         return "redis.busy"
+    if isinstance(exc, WrongType):
+        return "redis.wrong_type"
     return "redis.unreachable"
 
 
@@ -416,5 +428,10 @@ def unavailable(exc: BaseException) -> ServiceUnavailable:
     if isinstance(exc, RedisBusy):
         return ServiceUnavailable(
             "the task store (Redis) is busy running a script past its time limit"
+        )
+    if isinstance(exc, WrongType):
+        return ServiceUnavailable(
+            "the task store (Redis) holds another program's key under one of resizer's names; "
+            "resizer needs a Redis database of its own"
         )
     return ServiceUnavailable(f"the task store (Redis) is unavailable: {exc.__class__.__name__}")

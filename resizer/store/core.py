@@ -13,7 +13,10 @@ State machine
 Every arrow is one Lua script (``lua/*.lua``), so atomic: Redis runs a script to completion
 before any other command. The first half of a claim is the ``BLMOVE`` that blocks until work
 arrives (with several partitions, an ``LMOVE`` once a message says where); the claim script then
-leases the task and hands back its original.
+leases the task and hands back its original. Redis does not undo a script that fails halfway,
+so each checks the types of the keys it touches before its first write (``wrong_type``, in
+``lua/includes/prelude.lua``): a key of one of our names that another program wrote with
+another type fails it with nothing written (``WrongType``, waited out like an outage).
 
 With ``RESIZER_MIN_REPLICAS``, ``create_task`` and ``complete`` return only once that many
 replicas hold what they wrote: a failover cannot take back a task the API acknowledged, nor a
@@ -44,8 +47,8 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -76,6 +79,7 @@ from resizer.store import keys
 from resizer.store.completions import Signal
 from resizer.store.connection import (
     Client,
+    WrongType,
     client_for,
     confirm_replicated,
     every_primary,
@@ -358,13 +362,14 @@ class Store:
             await self._serve_announced()
         if len(self.partitions) == 1:
             part = self.partitions[0]
-            moved = await self.redis.blmove(
-                part.waiting,
-                part.processing,
-                timeout,  # type: ignore[arg-type]  # BLMOVE takes fractions of a second
-                src="RIGHT",
-                dest="LEFT",
-            )
+            with _naming(part.waiting, part.processing):
+                moved = await self.redis.blmove(
+                    part.waiting,
+                    part.processing,
+                    timeout,  # type: ignore[arg-type]  # BLMOVE takes fractions of a second
+                    src="RIGHT",
+                    dest="LEFT",
+                )
             return None if moved is None else _text(moved)
         return await self._take_from_any(timeout)
 
@@ -385,7 +390,8 @@ class Store:
             start = self._turn % count
             for index in sorted(self._dirty, key=lambda i: (i - start) % count):
                 part = self.partitions[index]
-                moved = await self.redis.lmove(part.waiting, part.processing, "RIGHT", "LEFT")
+                with _naming(part.waiting, part.processing):
+                    moved = await self.redis.lmove(part.waiting, part.processing, "RIGHT", "LEFT")
                 if moved is not None:
                     return _text(moved)
                 self._dirty.discard(index)
@@ -782,6 +788,15 @@ def _worker_from_hash(fields: dict[Any, Any]) -> WorkerRecord:
         done=int(fields[b"done"]),
         failed=int(fields[b"failed"]),
     )
+
+
+@contextmanager
+def _naming(*names: str) -> Iterator[None]:
+    """A WRONGTYPE from a plain command says which key it is about (a script's says already)."""
+    try:
+        yield
+    except WrongType as exc:
+        raise WrongType(f"{exc}: one of {', '.join(names)}") from None
 
 
 def _text(value: bytes | str) -> str:

@@ -43,8 +43,9 @@ def _resolve(text: str, seen: list[str]) -> str:
     return _INCLUDE.sub("", text)
 
 
-# An error reply quoted inside a script error: "... @user_script:9: -OOM command not allowed".
-_INNER_ERROR: Final = re.compile(r"-([A-Z]+) ")
+# An error reply quoted inside a script error: "... @user_script: 9: -OOM command not allowed"
+# where Redis refused a command, "@user_script:9: WRONGTYPE Operation" where a command failed.
+_INNER_ERROR: Final = re.compile(r"@user_script: ?\d+: -?([A-Z]+) ")
 
 
 class Script:

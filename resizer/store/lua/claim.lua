@@ -10,11 +10,13 @@
 -- expired or was deleted, or this is a stale second delivery): one copy of it is dropped.
 local task, processing, leases = KEYS[1], KEYS[2], KEYS[3]
 local id, token, tag = ARGV[1], ARGV[2], ARGV[5]
+local clash = wrong_type(KEYS, 'hash list zset hash')
+if clash then return clash end
 local status, held, attempts, digest, created = unpack(
   redis.call('HMGET', task, 'status', 'token', 'attempts', 'digest', 'created_at'))
 
+local blob = digest and tag .. ':blob:' .. digest
 local function claimed(attempt)
-  local blob = tag .. ':blob:' .. digest
   if redis.call('STRLEN', blob) > 1048576 then return {attempt, digest, false, 1} end
   return {attempt, digest, redis.call('GET', blob)}
 end
@@ -26,6 +28,8 @@ if status ~= 'WAITING' then
   if not status then redis.call('ZREM', leases, id) end
   return 0
 end
+clash = wrong_type({blob}, 'string')
+if clash then return clash end
 local now = now_ms()
 local attempt = redis.call('HINCRBY', task, 'attempts', 1)
 redis.call('HSET', task, 'status', 'IN_PROGRESS', 'token', token, 'worker', ARGV[4],

@@ -11,6 +11,8 @@
 local k = {task = KEYS[1], processing = KEYS[2], leases = KEYS[3], content = KEYS[4],
            stats = KEYS[5], finished = KEYS[7]}
 local id, token = ARGV[1], ARGV[2]
+local clash = wrong_type(KEYS, 'hash list zset hash hash hash - -')
+if clash then return clash end
 local status, held = unpack(redis.call('HMGET', k.task, 'status', 'token'))
 if held ~= token then return 0 end
 -- The token stays on a DONE task so that this script, sent twice after a lost reply, says so.

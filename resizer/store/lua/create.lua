@@ -7,6 +7,8 @@
 -- Returns {created_at, outcome}: 'queued', 'joined' or 'done'.
 local task, blob, content, waiting, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local id, ttl, tag, wake = ARGV[1], tonumber(ARGV[2]), ARGV[8], ARGV[9]
+local clash = wrong_type(KEYS, 'hash string hash list hash')
+if clash then return clash end
 
 -- Sent twice after a lost reply: the first run stands; answer what it did.
 local existing = redis.call('HMGET', task, 'created_at', 'status', 'leader')
@@ -16,8 +18,12 @@ if existing[1] then
   return {tonumber(existing[1]), outcome}
 end
 
+local result_format, leader = unpack(redis.call('HMGET', content, 'format', 'leader'))
+local leader_task = leader and tag .. ':task:' .. leader
+clash = wrong_type({leader_task}, 'hash')
+if clash then return clash end
+
 local now = now_ms()
-local result_format = redis.call('HGET', content, 'format')
 -- Bytes resized before: this task is DONE now, and an original is kept that long after DONE.
 local blob_ttl = ttl
 if result_format then blob_ttl = math.min(ttl, tonumber(ARGV[10])) end
@@ -41,9 +47,7 @@ if result_format then
   return {now, 'done'}
 end
 
-local leader = redis.call('HGET', content, 'leader')
 if leader then
-  local leader_task = tag .. ':task:' .. leader
   local status = redis.call('HGET', leader_task, 'status')
   if status == 'WAITING' or status == 'IN_PROGRESS' then
     -- Joining is O(1): this task reads its status from the leader, which must outlive it.

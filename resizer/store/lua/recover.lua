@@ -7,6 +7,8 @@
 -- Returns 'requeued', 'failed', 'dropped' (its task is gone or finished) or 'skipped'.
 local task, processing, leases = KEYS[1], KEYS[2], KEYS[3]
 local id, tag = ARGV[1], ARGV[4]
+local clash = wrong_type(KEYS, 'hash list zset list hash list -')
+if clash then return clash end
 local now = now_ms()
 local deadline = redis.call('ZSCORE', leases, id)
 if not deadline or tonumber(deadline) > now then return 'skipped' end
@@ -16,6 +18,8 @@ if not status or status == 'DONE' or status == 'FAILED' then
   redis.call('LREM', processing, 0, id)
   return 'dropped'
 end
+clash = wrong_type({tag .. ':content:' .. digest}, 'hash')
+if clash then return clash end
 local k = {task = task, processing = processing, leases = leases, waiting = KEYS[4],
            content = tag .. ':content:' .. digest, blob = tag .. ':blob:' .. digest,
            stats = KEYS[5], failures = KEYS[6], finished = KEYS[7], wake = ARGV[5], tag = tag}

@@ -22,3 +22,22 @@ end
 local function count(stats, name, n)
   redis.call('HINCRBY', stats, name, n or 1)
 end
+
+-- Another program's key under one of resizer's names, of another type, fails the first command
+-- meant for our type, and Redis keeps what the script wrote before it: a script checks the keys
+-- it touches first, and refuses with nothing written. `kinds` gives the type of each of `keys`
+-- in order, '-' for one any type will do ('hash list -'); a key given as false is skipped.
+-- Returns the error reply to return, or nil.
+local function wrong_type(keys, kinds)
+  local i = 0
+  for kind in string.gmatch(kinds, '%S+') do
+    i = i + 1
+    if kind ~= '-' and keys[i] then
+      local found = redis.call('TYPE', keys[i])['ok']
+      if found ~= 'none' and found ~= kind then
+        return redis.error_reply('WRONGTYPE ' .. keys[i] .. ' holds a ' .. found ..
+                                 ' where resizer keeps a ' .. kind)
+      end
+    end
+  end
+end
