@@ -78,4 +78,9 @@ class Script:
             inner = BaseParser.EXCEPTION_CLASSES.get(quoted.group(1)) if quoted else None
             if not isinstance(inner, type) or isinstance(exc, inner):
                 raise
-            raise inner(str(exc)) from exc
+            message = str(exc)
+            if quoted and quoted.group(1) == "WRONGTYPE":
+                # A key read before the script's first write (prelude's wrong_type checks the
+                # others): Redis does not say which.
+                message += " (one of " + ", ".join(map(str, keys)) + ")"
+            raise inner(message) from exc

@@ -30,10 +30,10 @@ pytestmark = pytest.mark.integration
 
 PART = keys.partition(0)
 # Each operation, the state it runs from, and the keys (as named in resizer.store.keys) its
-# script writes or reads by type.
+# script touches from there with a command of their type.
 OPERATIONS = {
     "create": ("created", ["task", "blob", "content", "waiting", "stats"]),
-    "claim": ("taken", ["task", "processing", "leases", "claim_waits", "blob"]),
+    "claim": ("taken", ["task", "leases", "claim_waits", "blob"]),
     "complete": ("claimed", ["task", "processing", "leases", "content", "stats", "durations"]),
     "fail": ("claimed", ["task", "processing", "leases", "content", "stats", "failures"]),
     "retry": ("claimed", ["task", "processing", "leases", "waiting", "stats"]),

@@ -4,8 +4,6 @@
 -- KEYS: task, processing, leases   ARGV: id, lease_ms
 -- Returns 'adopted', 'dropped' (its task is gone) or 'skipped'.
 local task, processing, leases, id = KEYS[1], KEYS[2], KEYS[3], ARGV[1]
-local clash = wrong_type(KEYS, '- list zset')
-if clash then return clash end
 if not redis.call('LPOS', processing, id) then return 'skipped' end
 if redis.call('ZSCORE', leases, id) then return 'skipped' end
 if redis.call('EXISTS', task) == 0 then

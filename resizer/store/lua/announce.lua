@@ -1,10 +1,7 @@
---@include prelude
 -- The number of partitions tasks are created in, as the highest any process announced: every
 -- worker and recovery serves that many, whatever its own RESIZER_PARTITIONS says.
 -- KEYS: the partitions key   ARGV: this process's partition count
 -- Returns the highest count announced so far (this one included).
-local clash = wrong_type(KEYS, 'string')
-if clash then return clash end
 local known = tonumber(redis.call('GET', KEYS[1]) or '0')
 local mine = tonumber(ARGV[1])
 if mine > known then

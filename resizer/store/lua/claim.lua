@@ -10,7 +10,7 @@
 -- expired or was deleted, or this is a stale second delivery): one copy of it is dropped.
 local task, processing, leases = KEYS[1], KEYS[2], KEYS[3]
 local id, token, tag = ARGV[1], ARGV[2], ARGV[5]
-local clash = wrong_type(KEYS, 'hash list zset hash')
+local clash = wrong_type(KEYS, '- - zset hash')
 if clash then return clash end
 local status, held, attempts, digest, created = unpack(
   redis.call('HMGET', task, 'status', 'token', 'attempts', 'digest', 'created_at'))

@@ -11,7 +11,7 @@
 local k = {task = KEYS[1], processing = KEYS[2], leases = KEYS[3], content = KEYS[4],
            stats = KEYS[5], finished = KEYS[7]}
 local id, token = ARGV[1], ARGV[2]
-local clash = wrong_type(KEYS, 'hash list zset hash hash hash - -')
+local clash = wrong_type(KEYS, '- list zset - hash hash - -')
 if clash then return clash end
 local status, held = unpack(redis.call('HMGET', k.task, 'status', 'token'))
 if held ~= token then return 0 end

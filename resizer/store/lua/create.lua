@@ -7,7 +7,7 @@
 -- Returns {created_at, outcome}: 'queued', 'joined' or 'done'.
 local task, blob, content, waiting, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local id, ttl, tag, wake = ARGV[1], tonumber(ARGV[2]), ARGV[8], ARGV[9]
-local clash = wrong_type(KEYS, 'hash string hash list hash')
+local clash = wrong_type(KEYS, '- string - list hash')
 if clash then return clash end
 
 -- Sent twice after a lost reply: the first run stands; answer what it did.

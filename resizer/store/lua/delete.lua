@@ -3,14 +3,12 @@
 -- KEYS: task   ARGV: id, partition tag
 -- Returns 1 if the task existed, else 0.
 local task, id, tag = KEYS[1], ARGV[1], ARGV[2]
-local clash = wrong_type(KEYS, 'hash')
-if clash then return clash end
 local status, digest, joined, deleted, leader = unpack(
   redis.call('HMGET', task, 'status', 'digest', 'joined', 'deleted', 'leader'))
 if not status or deleted then return 0 end
 local content, blob = tag .. ':content:' .. digest, tag .. ':blob:' .. digest
 local leader_task = leader and tag .. ':task:' .. leader
-clash = wrong_type({content, leader_task}, 'hash hash')
+local clash = wrong_type({content, leader_task}, 'hash hash')
 if clash then return clash end
 if leader and redis.call('EXISTS', leader_task) == 1 then
   redis.call('HINCRBY', leader_task, 'joined', -1)

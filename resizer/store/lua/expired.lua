@@ -4,8 +4,6 @@
 -- KEYS: leases, processing, waiting   ARGV: limit
 -- Returns {expired ids (at most limit), unleased ids, waiting length}.
 local leases, processing = KEYS[1], KEYS[2]
-local clash = wrong_type(KEYS, 'zset list list')
-if clash then return clash end
 local expired = redis.call('ZRANGEBYSCORE', leases, '-inf', now_ms(), 'LIMIT', 0,
                            tonumber(ARGV[1]))
 -- `processing` holds one id per busy worker at most: reading it whole is cheap.

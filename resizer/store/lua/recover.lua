@@ -7,7 +7,7 @@
 -- Returns 'requeued', 'failed', 'dropped' (its task is gone or finished) or 'skipped'.
 local task, processing, leases = KEYS[1], KEYS[2], KEYS[3]
 local id, tag = ARGV[1], ARGV[4]
-local clash = wrong_type(KEYS, 'hash list zset list hash list -')
+local clash = wrong_type(KEYS, '- list - list hash list -')
 if clash then return clash end
 local now = now_ms()
 local deadline = redis.call('ZSCORE', leases, id)

@@ -7,7 +7,7 @@ local k = {task = KEYS[1], processing = KEYS[2], leases = KEYS[3], waiting = KEY
            content = KEYS[5], blob = KEYS[6], stats = KEYS[7], failures = KEYS[8],
            finished = KEYS[9], wake = ARGV[7], tag = ARGV[8]}
 local id, token = ARGV[1], ARGV[2]
-local clash = wrong_type(KEYS, 'hash list zset list hash - hash list -')
+local clash = wrong_type(KEYS, '- list zset list hash - hash list -')
 if clash then return clash end
 local held, released = unpack(redis.call('HMGET', k.task, 'token', 'released'))
 if held ~= token then
