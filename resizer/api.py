@@ -19,11 +19,13 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, contextmanager, suppress
+from http import HTTPStatus
 from typing import Any
 
 import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.web_request import BaseRequest
 
 from resizer import faults, header, memory, openapi, shutdown
 from resizer.config import Settings
@@ -96,6 +98,7 @@ def error_response(status: int, code: str, message: str) -> web.Response:
 
 
 _HTTP_CODES = {
+    400: "bad_request",
     404: "not_found",
     405: "method_not_allowed",
     413: "payload_too_large",
@@ -746,8 +749,45 @@ class _MalformedRequests(logging.Filter):
         record.msg, record.args = "request.malformed", ()
         record.levelno, record.levelname = logging.INFO, "INFO"
         record.exc_info, record.exc_text = None, None
-        record.error = " ".join(str(exc.message).split())[:200]
+        record.error = _malformation(exc)
         return logging.getLogger().isEnabledFor(logging.INFO)
+
+
+def _malformation(exc: BadHttpMessage) -> str:
+    """What aiohttp's parser found wrong, on one short line."""
+    return " ".join(str(exc.message).split())[:200]
+
+
+class _JsonErrors(web.RequestHandler):
+    """aiohttp's own answer to a request it cannot parse (a header with a control character, a
+    line over 8190 bytes), in the API's JSON error shape instead of aiohttp's text/plain."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        # aiohttp's own: it logs (``_MalformedRequests``), and refuses if an answer has begun.
+        super().handle_error(request, status, exc, message)
+        if isinstance(exc, BadHttpMessage):
+            text = f"malformed HTTP request: {_malformation(exc)}"
+        else:  # a handler's failure that no middleware saw: nothing of it goes to the client
+            text = HTTPStatus(status).phrase.lower()
+        response = error_response(status, _HTTP_CODES.get(status, "http_error"), text)
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.force_close()
+        return response
+
+
+def _protocols(server: web.Server) -> Callable[[], web.RequestHandler]:
+    """The protocol of each connection ``server`` accepts: the handler it would make, with
+    ``_JsonErrors``'s answers."""
+    loop = asyncio.get_running_loop()
+    return lambda: _JsonErrors(server, loop=loop, **server._kwargs)
 
 
 def serve(settings: Settings, host: str, port: int) -> None:
@@ -772,7 +812,7 @@ def _listener(
     assert server is not None  # set up
     listener = Listener(
         sockets,
-        server,
+        _protocols(server),
         lambda: len(server.connections),
         connection_cap(wanted),
         (lambda reason: metrics.accept_pauses.labels(reason).inc()) if metrics else lambda _: None,

@@ -1,5 +1,6 @@
-"""Requests aiohttp cannot parse: answered 400 by aiohttp, logged by a real ``resizer serve`` as
-one line at info, never an error with a traceback (the client's doing, and anyone can send it)."""
+"""Requests aiohttp cannot parse: answered 400 in the API's JSON error shape, logged by a real
+``resizer serve`` as one line at info, never an error with a traceback (the client's doing, and
+anyone can send it)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,21 @@ MALFORMED = [
     b"GET /health HTTP/1.1\r\nHost: x\r\nX-Request-Id: abc\x7f\r\n\r\n",  # a control character
     b"GET /health HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 20_000 + b"\r\n\r\n",  # too long
     b"GET /health HTTP/9.9\r\nHost: x\r\n\r\n",  # no such version
+    b"POST /tasks?x=" + b"y" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",  # a line too long
 ]
+
+
+def answer(port: int, request: bytes) -> tuple[bytes, dict[str, bytes], bytes]:
+    """The status line, headers and body ``request`` gets; the server closes the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    status, *lines = head.split(b"\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(b":") for x in lines)}
+    return status, {k.decode(): v for k, v in headers.items()}, body
 
 
 def test_malformed_requests_are_one_line_at_info(redis_server: Any, tmp_path: Path) -> None:
@@ -39,10 +54,14 @@ def test_malformed_requests_are_one_line_at_info(redis_server: Any, tmp_path: Pa
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: answers(url), 60, "resizer serve")
         for request in MALFORMED:
-            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-                sock.sendall(request)
-                status = sock.recv(4096).partition(b"\r\n")[0]
-                assert status.split()[1] in (b"400", b"505"), status
+            status, headers, body = answer(port, request)
+            assert status.split()[1] == b"400", status
+            assert headers["content-type"].startswith(b"application/json"), headers
+            assert headers["x-content-type-options"] == b"nosniff"
+            error = json.loads(body)["error"]
+            assert error["code"] == "bad_request"
+            assert error["message"].startswith("malformed HTTP request: "), error
+            assert len(error["message"]) < 250, error  # however long the line sent
 
         def logged() -> list[dict[str, Any]]:
             lines = log.read_text().splitlines()
