@@ -397,10 +397,16 @@ def _wait_seconds(request: web.Request) -> float:
     return seconds
 
 
+def _no_task(task_id: str) -> TaskNotFound:
+    # The id comes from the URL, up to 8 KB of it: an error echoes its start only.
+    shown = repr(task_id) if len(task_id) <= 64 else repr(task_id[:64]) + "..."
+    return TaskNotFound(f"no task {shown} (unknown, or its retention expired)")
+
+
 async def _find_task(store: Store, task_id: str) -> Task:
     task = await store.get_task(task_id)
     if task is None:
-        raise TaskNotFound(f"no task {task_id!r} (unknown, or its retention expired)")
+        raise _no_task(task_id)
     return task
 
 
@@ -438,7 +444,7 @@ async def delete_task(request: web.Request) -> web.Response:
     """Delete a task; its stored images go too unless another task shares them."""
     task_id = request.match_info["task_id"]
     if not await request.app[STORE].delete_task(task_id):
-        raise TaskNotFound(f"no task {task_id!r} (unknown, or its retention expired)")
+        raise _no_task(task_id)
     log.info("task.deleted", task_id=task_id)
     return web.Response(status=204)
 
@@ -452,7 +458,7 @@ async def get_image(request: web.Request) -> web.StreamResponse:
         return await _send_original(request, await _find_task(store, task_id), raw)
     task, image = await store.get_task_and_image(task_id, size)
     if task is None:
-        raise TaskNotFound(f"no task {task_id!r} (unknown, or its retention expired)")
+        raise _no_task(task_id)
     if task.status is not TaskStatus.DONE or image is None or task.result_format is None:
         raise TaskNotReady(
             f"task {task_id!r} is {task.status.value}; the {size.value}x{size.value} image "

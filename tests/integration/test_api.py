@@ -179,7 +179,12 @@ async def test_get_task_shows_the_record(client: Client) -> None:
 
 
 async def test_get_unknown_task_is_404(client: Client) -> None:
-    await assert_error(await client.get("/tasks/does-not-exist"), 404, "not_found")
+    message = await assert_error(await client.get("/tasks/does-not-exist"), 404, "not_found")
+    assert "'does-not-exist'" in message
+    # An id as long as a URL takes is echoed by its start only.
+    message = await assert_error(await client.get("/tasks/" + "a" * 8000), 404, "not_found")
+    assert f"'{'a' * 64}'..." in message
+    assert len(message) < 150, message
 
 
 # --- GET /tasks/{id}/image ---------------------------------------------------------------------
