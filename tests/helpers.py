@@ -7,6 +7,7 @@ import io
 import os
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from PIL import Image
 
@@ -133,3 +134,25 @@ def answers(url: str, path: str = "/health", status: int = 200) -> bool:
         return exc.code == status
     except OSError:
         return False
+
+
+async def snapshot(redis: Any) -> dict[bytes, tuple[bytes, int]]:
+    """Every key of ``redis`` (a client of one server), its serialized value and time to live
+    (ms): what ``assert_untouched`` compares."""
+    found = {}
+    async for key in redis.scan_iter():
+        value = await redis.dump(key)
+        if value is not None:
+            found[key] = (value, await redis.pttl(key))
+    return found
+
+
+def assert_untouched(
+    before: dict[bytes, tuple[bytes, int]], after: dict[bytes, tuple[bytes, int]]
+) -> None:
+    """Two snapshots of one Redis with nothing written between them: the same keys and values,
+    and every time to live only run on (neither extended nor cut)."""
+    assert after.keys() == before.keys()
+    for key, (value, ttl) in before.items():
+        assert after[key][0] == value, key
+        assert ttl == after[key][1] == -1 or 0 <= ttl - after[key][1] < 10_000, key

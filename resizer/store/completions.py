@@ -79,6 +79,7 @@ class _Listener:
         backoff = Backoff()
         while not self._stopping:
             pubsub: Any = None
+            channels: list[Any] = []
             try:
                 sharded = await self._sharded()
                 channels = list(self._channels())
@@ -102,7 +103,9 @@ class _Listener:
                 # Redis gone, or (a cluster) a channel's slot now served elsewhere: subscribe
                 # again, after a pause. Anything else is logged, and retried all the same: a
                 # listener that died would leave its waiters to their timeouts.
-                if not isinstance(exc, (*REDIS_DOWN, redis.exceptions.ResponseError)):
+                if isinstance(exc, redis.exceptions.NoPermissionError):
+                    log.warning("redis.permission_denied", error=str(exc), channels=channels)
+                elif not isinstance(exc, (*REDIS_DOWN, redis.exceptions.ResponseError)):
                     log.warning("subscription.failed", error=repr(exc))
                 self.subscribed.clear()
                 self._on_gap()

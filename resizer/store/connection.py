@@ -86,9 +86,10 @@ for _code, _kind in (
 # Errors that mean "Redis is not there right now", as opposed to a bug in a command. A write its
 # replicas did not confirm counts too: a failover could still take it away. So does a Redis
 # that takes no writes for now (a failed save, too few replicas, a replica where the primary
-# was), or none at all while a script runs past its time limit, and one that holds another
-# program's key under one of resizer's names: waited out like an outage, never a crash or a
-# FAILED task.
+# was), or none at all while a script runs past its time limit, one that holds another
+# program's key under one of resizer's names, and one whose ACL denies resizer's user a command,
+# a key or a channel: waited out like an outage (an operator fixes them, often live), never a
+# crash or a FAILED task.
 REDIS_DOWN: Final = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
@@ -99,6 +100,7 @@ REDIS_DOWN: Final = (
     WritesRefused,
     RedisBusy,
     WrongType,
+    redis.exceptions.NoPermissionError,
     NotReplicated,
 )
 
@@ -412,6 +414,8 @@ def outage_event(exc: BaseException) -> str:
         return "redis.busy"
     if isinstance(exc, WrongType):
         return "redis.wrong_type"
+    if isinstance(exc, redis.exceptions.NoPermissionError):
+        return "redis.permission_denied"
     return "redis.unreachable"
 
 
@@ -428,6 +432,11 @@ def unavailable(exc: BaseException) -> ServiceUnavailable:
     if isinstance(exc, RedisBusy):
         return ServiceUnavailable(
             "the task store (Redis) is busy running a script past its time limit"
+        )
+    if isinstance(exc, redis.exceptions.NoPermissionError):
+        return ServiceUnavailable(
+            "the task store (Redis) denies resizer's user a command, key or channel it needs "
+            "(docs/deployment.md gives the ACL)"
         )
     if isinstance(exc, WrongType):
         return ServiceUnavailable(

@@ -22,9 +22,9 @@ from aiohttp.test_utils import TestClient
 from resizer.api import make_app
 from resizer.models import Claim
 from resizer.store import Store, keys
-from resizer.store.connection import Client, WrongType
+from resizer.store.connection import WrongType
 from resizer.worker import Worker
-from tests.helpers import await_done, await_until, make_image, upload
+from tests.helpers import assert_untouched, await_done, await_until, make_image, snapshot, upload
 
 pytestmark = pytest.mark.integration
 
@@ -101,16 +101,6 @@ class Scene:
         return await store.renew(claim)
 
 
-async def snapshot(redis: Client) -> dict[bytes, tuple[bytes, int]]:
-    """Every key's serialized value and time to live (ms)."""
-    found = {}
-    async for key in redis.scan_iter():
-        value = await redis.dump(key)
-        if value is not None:
-            found[key] = (value, await redis.pttl(key))
-    return found
-
-
 @pytest.mark.parametrize(("operation", "name"), CASES)
 async def test_a_script_refuses_a_foreign_key_and_writes_nothing(
     real_store: Store, operation: str, name: str
@@ -129,12 +119,7 @@ async def test_a_script_refuses_a_foreign_key_and_writes_nothing(
     with pytest.raises(WrongType) as refused:
         await scene.run(operation)
     assert foreign in str(refused.value)
-    after = await snapshot(redis)
-    assert after.keys() == before.keys()
-    for key, (value, ttl) in before.items():
-        assert after[key][0] == value, key
-        # Nothing extended or cut: the time to live only ran on.
-        assert ttl == after[key][1] == -1 or 0 <= ttl - after[key][1] < 10_000, key
+    assert_untouched(before, await snapshot(redis))
 
 
 async def test_the_api_answers_503_and_goes_on_once_the_key_is_gone(

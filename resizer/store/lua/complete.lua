@@ -13,6 +13,8 @@ local k = {task = KEYS[1], processing = KEYS[2], leases = KEYS[3], content = KEY
 local id, token = ARGV[1], ARGV[2]
 local clash = wrong_type(KEYS, '- list zset - hash hash - -')
 if clash then return clash end
+clash = publish_denied(KEYS[7])
+if clash then return clash end
 local status, held = unpack(redis.call('HMGET', k.task, 'status', 'token'))
 if held ~= token then return 0 end
 -- The token stays on a DONE task so that this script, sent twice after a lost reply, says so.

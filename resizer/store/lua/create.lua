@@ -9,6 +9,8 @@ local task, blob, content, waiting, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], 
 local id, ttl, tag, wake = ARGV[1], tonumber(ARGV[2]), ARGV[8], ARGV[9]
 local clash = wrong_type(KEYS, '- string - list hash')
 if clash then return clash end
+clash = publish_denied(wake)
+if clash then return clash end
 
 -- Sent twice after a lost reply: the first run stands; answer what it did.
 local existing = redis.call('HMGET', task, 'created_at', 'status', 'leader')

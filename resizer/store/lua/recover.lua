@@ -9,6 +9,8 @@ local task, processing, leases = KEYS[1], KEYS[2], KEYS[3]
 local id, tag = ARGV[1], ARGV[4]
 local clash = wrong_type(KEYS, '- list - list hash list -')
 if clash then return clash end
+clash = publish_denied(KEYS[7], ARGV[5])
+if clash then return clash end
 local now = now_ms()
 local deadline = redis.call('ZSCORE', leases, id)
 if not deadline or tonumber(deadline) > now then return 'skipped' end

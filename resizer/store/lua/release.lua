@@ -9,6 +9,8 @@ local k = {task = KEYS[1], processing = KEYS[2], leases = KEYS[3], waiting = KEY
 local id, token = ARGV[1], ARGV[2]
 local clash = wrong_type(KEYS, '- list zset list hash - hash list -')
 if clash then return clash end
+clash = publish_denied(KEYS[9], ARGV[7])
+if clash then return clash end
 local held, released = unpack(redis.call('HMGET', k.task, 'token', 'released'))
 if held ~= token then
   -- Sent twice after a lost reply: answer what the first run did.

@@ -42,3 +42,15 @@ local function wrong_type(keys, kinds)
     end
   end
 end
+
+-- A Redis >= 7 ACL can deny resizer's user a channel (a user made there has none unless given
+-- them), and a script's PUBLISH fails then, after its writes. So a script that may announce on
+-- `...` (channel names, '' for none) checks first. Returns the error reply to return, or nil.
+local function publish_denied(...)
+  if not redis.acl_check_cmd then return nil end  -- Redis < 7: no such check, nor its default
+  for _, channel in ipairs({...}) do
+    if channel ~= '' and not redis.acl_check_cmd(PUBLISH, channel, '') then
+      return redis.error_reply("NOPERM resizer's Redis user may not publish to " .. channel)
+    end
+  end
+end
