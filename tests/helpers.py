@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import structlog.testing
 from PIL import Image
 
 from resizer import header
@@ -156,3 +158,25 @@ def assert_untouched(
     for key, (value, ttl) in before.items():
         assert after[key][0] == value, key
         assert ttl == after[key][1] == -1 or 0 <= ttl - after[key][1] < 10_000, key
+
+
+@contextlib.asynccontextmanager
+async def backing_off(store: Store, event: str) -> AsyncIterator[None]:
+    """A worker on ``store``, run until it has backed off twice logging ``event`` (a Redis state
+    it waits out, never exits on); then the block, which mends that state; then it is stopped."""
+    from resizer.worker import Worker
+
+    stop = asyncio.Event()
+    with structlog.testing.capture_logs() as events:
+        worker = asyncio.create_task(Worker(store, store.settings).run(stop))
+
+        async def waited_twice() -> bool:
+            assert not worker.done(), worker.exception()
+            return len([e for e in events if e["event"] == event]) >= 2
+
+        await await_until(waited_twice, 10, f"the worker to back off twice ({event})")
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(worker, 10)

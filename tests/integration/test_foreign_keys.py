@@ -10,7 +10,6 @@ out like an outage, and all goes on once the key is removed.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,8 +22,7 @@ from resizer.api import make_app
 from resizer.models import Claim
 from resizer.store import Store, keys
 from resizer.store.connection import WrongType
-from resizer.worker import Worker
-from tests.helpers import assert_untouched, await_done, await_until, make_image, snapshot, upload
+from tests.helpers import assert_untouched, await_done, backing_off, make_image, snapshot, upload
 
 pytestmark = pytest.mark.integration
 
@@ -151,18 +149,6 @@ async def test_the_api_answers_503_and_goes_on_once_the_key_is_gone(
 async def test_a_worker_waits_a_foreign_key_out_instead_of_exiting(real_store: Store) -> None:
     task = await real_store.create_task(upload(make_image("PNG", size=64), real=True))
     await real_store.redis.set(PART.processing, "another program's")
-    stop = asyncio.Event()
-    with structlog.testing.capture_logs() as events:
-        worker = asyncio.create_task(Worker(real_store, real_store.settings).run(stop))
-
-        async def waited_twice() -> bool:
-            assert not worker.done(), worker.exception()
-            return len([e for e in events if e["event"] == "redis.wrong_type"]) >= 2
-
-        await await_until(waited_twice, 10, "the worker to back off twice")
-    try:
+    async with backing_off(real_store, "redis.wrong_type"):
         await real_store.redis.delete(PART.processing)
         await await_done(real_store, task.id, 30, "the task to be resized once the key is gone")
-    finally:
-        stop.set()
-        await asyncio.wait_for(worker, 10)

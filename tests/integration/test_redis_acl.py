@@ -29,7 +29,15 @@ from resizer.embedded import RedisServer
 from resizer.store import Store, client_for, keys
 from resizer.store.completions import Completions
 from resizer.worker import Worker
-from tests.helpers import assert_untouched, await_done, await_until, make_image, snapshot, upload
+from tests.helpers import (
+    assert_untouched,
+    await_done,
+    await_until,
+    backing_off,
+    make_image,
+    snapshot,
+    upload,
+)
 from tests.topologies import redis7_binary
 
 pytestmark = pytest.mark.integration
@@ -120,22 +128,12 @@ async def test_a_worker_waits_for_its_permissions_instead_of_exiting(
     await acl.rules("~*", "&*", "+@all")
     task = await store_as_app.create_task(upload(make_image("PNG", size=64), real=True))
     await acl.rules("~*", "&*", "+@all", "-@scripting")
-    stop = asyncio.Event()
     worker_store = Store(client_for(acl.url), store_as_app.settings)
-    with structlog.testing.capture_logs() as events:
-        worker = asyncio.create_task(Worker(worker_store, worker_store.settings).run(stop))
-
-        async def waited_twice() -> bool:
-            assert not worker.done(), worker.exception()
-            return len([e for e in events if e["event"] == "redis.permission_denied"]) >= 2
-
-        await await_until(waited_twice, 10, "the worker to back off twice")
     try:
-        await acl.grant("+@scripting")
-        await await_done(store_as_app, task.id, 30, "the task to be resized once allowed")
+        async with backing_off(worker_store, "redis.permission_denied"):
+            await acl.grant("+@scripting")
+            await await_done(store_as_app, task.id, 30, "the task to be resized once allowed")
     finally:
-        stop.set()
-        await asyncio.wait_for(worker, 10)
         await worker_store.close()
 
 

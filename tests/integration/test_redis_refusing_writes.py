@@ -28,8 +28,7 @@ from resizer.config import Settings
 from resizer.embedded import RedisServer, free_port
 from resizer.store import Store, client_for
 from resizer.store.connection import RedisBusy
-from resizer.worker import Worker
-from tests.helpers import await_done, await_until, make_image, upload
+from tests.helpers import await_done, await_until, backing_off, make_image, upload
 
 pytestmark = pytest.mark.integration
 
@@ -146,20 +145,6 @@ async def test_a_worker_waits_for_writes_instead_of_crashing(refusing: Refusing,
     store = refusing.store
     task = await store.create_task(upload(make_image("PNG", size=64), real=True))
     await refusing.refuse(way)
-    stop = asyncio.Event()
-    with structlog.testing.capture_logs() as events:
-        worker = asyncio.create_task(Worker(store, store.settings).run(stop))
-
-        async def waited_twice() -> bool:
-            assert not worker.done(), worker.exception()
-            event = EVENTS.get(way, "redis.refusing_writes")
-            backoffs = [e for e in events if e["event"] == event]
-            return len(backoffs) >= 2
-
-        await await_until(waited_twice, 10, "the worker to back off twice")
-    try:
+    async with backing_off(store, EVENTS.get(way, "redis.refusing_writes")):
         await refusing.allow(way)
         await await_done(store, task.id, 30, "the task to be resized once Redis takes writes")
-    finally:
-        stop.set()
-        await asyncio.wait_for(worker, 10)
