@@ -96,6 +96,8 @@ REDIS_DOWN: Final = (
     redis.exceptions.BusyLoadingError,
     redis.exceptions.ClusterDownError,
     redis.exceptions.TryAgainError,
+    # A cluster's redirections or TRYAGAIN (a slot moving between nodes) past redis-py's retries.
+    redis.exceptions.ClusterError,
     redis.exceptions.ReadOnlyError,
     WritesRefused,
     RedisBusy,
@@ -416,7 +418,17 @@ def outage_event(exc: BaseException) -> str:
         return "redis.wrong_type"
     if isinstance(exc, redis.exceptions.NoPermissionError):
         return "redis.permission_denied"
+    if _slots_moving(exc):
+        return "redis.slots_moving"
     return "redis.unreachable"
+
+
+def _slots_moving(exc: BaseException) -> bool:
+    """A cluster that answers, with a slot moving between nodes (TRYAGAIN, or redirections past
+    redis-py's retries), as opposed to one that is down."""
+    return isinstance(exc, redis.exceptions.TryAgainError | redis.exceptions.ClusterError) and (
+        not isinstance(exc, redis.exceptions.ClusterDownError)
+    )
 
 
 def unavailable(exc: BaseException) -> ServiceUnavailable:
@@ -432,6 +444,11 @@ def unavailable(exc: BaseException) -> ServiceUnavailable:
     if isinstance(exc, RedisBusy):
         return ServiceUnavailable(
             "the task store (Redis) is busy running a script past its time limit"
+        )
+    if _slots_moving(exc):
+        return ServiceUnavailable(
+            "the task store (a Redis Cluster) is moving this task's keys between nodes; "
+            "retrying is safe"
         )
     if isinstance(exc, redis.exceptions.NoPermissionError):
         return ServiceUnavailable(

@@ -48,6 +48,10 @@ def _resolve(text: str, seen: list[str]) -> str:
 _INNER_ERROR: Final = re.compile(r"@user_script: ?\d+: -?([A-Z]+) ")
 
 
+# Redis's refusal of a script that reaches a key its node no longer holds.
+_MOVING: Final = "attempted to access a non local key"
+
+
 class Script:
     """A script registered on a client; a write it was refused (no memory, no writes for now)
     raises as a plain command's would (``OutOfMemoryError``, ``ReadOnlyError``,
@@ -71,6 +75,12 @@ class Script:
         try:
             return await self._script(keys=keys, args=args)
         except redis.exceptions.ResponseError as exc:
+            if _MOVING in str(exc):
+                # A cluster slot is moving between nodes (resharding), and a key the script
+                # reaches through another (an original through its task's digest) is on the
+                # other node already. Each script reaches such keys (checking their type) before
+                # its first write, so nothing was written: retry once the slot has moved.
+                raise redis.exceptions.TryAgainError(str(exc)) from exc
             # Redis 6.2 wraps a refusal inside a script in a script error: typed by its code,
             # through the table redis-py's parsers type a plain reply by (with what
             # store.connection adds to it).

@@ -1,0 +1,130 @@
+"""Scripts while their partition's slot moves between cluster nodes (resharding: adding a
+primary, rebalancing): refused and waited out, nothing written, never a crash.
+
+Keys move one at a time (``MIGRATE``), and Redis routes a script by the keys it names. A claim
+reaches the original through its task's digest: with the task, queue and leases still on the
+old node and the original already on the new one, Redis refused it ("attempted to access a non
+local key"), a plain error, and the worker exited with a traceback, again and again until the
+slot had moved. A create names a task key that does not exist yet, which Redis answers TRYAGAIN
+while the slot moves; redis-py's retries ran out (ClusterError) and the API answered 500. Both
+are now waited out as an outage is (503, a worker's back-off).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+from redis.crc import key_slot
+from redis.exceptions import TryAgainError
+
+from resizer.models import TaskStatus
+from resizer.store import REDIS_DOWN, Store, keys, outage_event, unavailable
+from tests.integration.test_partitions import upload_in
+from tests.topologies import LocalCluster
+
+pytestmark = pytest.mark.integration
+
+
+class SlotMove:
+    """Moving one slot from its node to another, by hand, as ``redis-cli --cluster reshard``
+    does: both ends told, then keys migrated, then every primary told the new owner."""
+
+    def __init__(self, cluster: LocalCluster, slot: int) -> None:
+        self.cluster, self.slot = cluster, slot
+        self.source = cluster.primary_of_slot(slot)
+        self.target = next(p for p in cluster.live_primaries() if p.port != self.source.port)
+        self.finished = True
+
+    def _id(self, node: redis.Redis) -> str:
+        return str(node.execute_command("CLUSTER", "MYID").decode())  # type: ignore[no-untyped-call]
+
+    def begin(self) -> None:
+        self.finished = False
+        with self.cluster.client(self.source) as src, self.cluster.client(self.target) as tgt:
+            tgt.execute_command("CLUSTER", "SETSLOT", self.slot, "IMPORTING", self._id(src))
+            src.execute_command("CLUSTER", "SETSLOT", self.slot, "MIGRATING", self._id(tgt))
+
+    def migrate(self, *names: str) -> None:
+        with self.cluster.client(self.source) as src:
+            src.execute_command(
+                "MIGRATE", "127.0.0.1", self.target.port, "", 0, 5000, "KEYS", *names
+            )
+
+    def finish(self) -> None:
+        with self.cluster.client(self.source) as src:
+            left = src.execute_command("CLUSTER", "GETKEYSINSLOT", self.slot, 100_000)
+        if left:
+            self.migrate(*(k.decode() for k in left))
+        with self.cluster.client(self.target) as tgt:
+            owner = self._id(tgt)
+        for primary in self.cluster.live_primaries():
+            with self.cluster.client(primary) as node:
+                node.execute_command("CLUSTER", "SETSLOT", self.slot, "NODE", owner)
+        self.finished = True
+
+    def back(self) -> None:
+        """The slot to its first node again, for the tests after this one."""
+        if not self.finished:
+            self.finish()
+        self.source, self.target = self.target, self.source
+        self.begin()
+        self.finish()
+
+
+@pytest.fixture
+def moving(topology_cluster: LocalCluster) -> Iterator[SlotMove]:
+    move = SlotMove(topology_cluster, key_slot(keys.partition(3).tag.encode()))
+    try:
+        yield move
+    finally:
+        move.back()
+
+
+@pytest.mark.topologies("cluster")
+async def test_a_claim_waits_for_an_original_moved_already(
+    real_store: Store, moving: SlotMove
+) -> None:
+    partitions = real_store.settings.partitions
+    part = keys.partition(3)
+    # Two tasks in one partition, the first claimed: the queue, leases and claim histogram
+    # exist, as on any busy partition (a key a script names that does not exist yet is itself
+    # answered TRYAGAIN while its slot moves).
+    first = await real_store.create_task(upload_in(3, partitions, "first"), keys.new_task_id(3))
+    second = await real_store.create_task(upload_in(3, partitions, "second"), keys.new_task_id(3))
+    for _ in range(2):  # taken, as a worker's BLMOVE does
+        await real_store.redis.lmove(part.waiting, part.processing, "RIGHT", "LEFT")
+    assert await real_store.claim(first.id, "worker-1") is not None
+    moving.begin()
+    moving.migrate(part.blob(second.digest))
+    with pytest.raises(TryAgainError) as refused:
+        await real_store.claim(second.id, "worker-2")
+    assert outage_event(refused.value) == "redis.slots_moving"
+    stored = await real_store.get_task(second.id)
+    assert stored is not None
+    assert (stored.status, stored.attempts) == (TaskStatus.WAITING, 0)
+    moving.finish()
+    claim = await real_store.claim(second.id, "worker-2")
+    assert claim is not None
+    assert claim.original == upload_in(3, partitions, "second").data
+
+
+@pytest.mark.topologies("cluster")
+async def test_a_create_while_the_slot_moves_is_refused_then_taken(
+    real_store: Store, moving: SlotMove
+) -> None:
+    partitions = real_store.settings.partitions
+    part = keys.partition(3)
+    await real_store.create_task(upload_in(3, partitions, "first"), keys.new_task_id(3))
+    moving.begin()
+    moving.migrate(part.waiting)
+    task_id = keys.new_task_id(3)
+    with pytest.raises(REDIS_DOWN) as refused:  # the API's 503
+        await real_store.create_task(upload_in(3, partitions, "second"), task_id)
+    assert outage_event(refused.value) == "redis.slots_moving"
+    assert "moving this task's keys" in unavailable(refused.value).message
+    moving.finish()
+    assert await real_store.get_task(task_id) is None
+    created = await real_store.create_task(upload_in(3, partitions, "second"), task_id)
+    assert created.status is TaskStatus.WAITING
