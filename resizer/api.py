@@ -790,8 +790,9 @@ class _JsonErrors(web.RequestHandler):
 
 
 def _protocols(server: web.Server) -> Callable[[], web.RequestHandler]:
-    """The protocol of each connection ``server`` accepts: the handler it would make, with
-    ``_JsonErrors``'s answers."""
+    """The protocol of each connection ``server`` accepts: the handler it would make (from the
+    same arguments, its private ``_kwargs``: aiohttp has no hook for this), with
+    ``_JsonErrors``'s answers. test_malformed_requests.py fails if aiohttp changes under it."""
     loop = asyncio.get_running_loop()
     return lambda: _JsonErrors(server, loop=loop, **server._kwargs)
 
