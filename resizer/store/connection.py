@@ -66,9 +66,9 @@ class RedisBusy(redis.exceptions.ResponseError):
 
 class WrongType(redis.exceptions.ResponseError):
     """A key under one of resizer's names holds another type than resizer keeps there
-    (WRONGTYPE): another program writes into resizer's database. Every script checks its keys
-    first and refuses with nothing written, naming the key; the key stays until an operator
-    removes it."""
+    (WRONGTYPE): another program writes into resizer's database. A script meets it before its
+    first write and refuses with nothing written, naming the key (``wrong_type`` in the Lua
+    prelude); the key stays until an operator removes it."""
 
 
 # redis-py raises these replies as plain ResponseErrors, like a bug in a command. Its parsers
