@@ -8,10 +8,11 @@ so a log pipeline reads one JSON line per record, whoever wrote it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
-from typing import TextIO
+from typing import TextIO, cast
 
 import structlog
 
@@ -24,9 +25,10 @@ def configure(
     ``json`` None decides by the stream: JSON lines unless it is a terminal. The console format
     is coloured only on a terminal and never when ``NO_COLOR`` is set (https://no-color.org).
     """
-    out = sys.stdout if stream is None else stream
+    given = sys.stdout if stream is None else stream
+    out = cast(TextIO, _Unbreakable(given))
     threshold = logging.getLevelNamesMapping()[level.upper()]
-    tty = out.isatty()
+    tty = given.isatty()
     as_json = not tty if json is None else json
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
@@ -47,6 +49,25 @@ def configure(
         cache_logger_on_first_use=True,
     )
     _route_standard_logging(out, threshold, renderer)
+
+
+class _Unbreakable:
+    """The log stream, but a line it cannot take (the reader of a pipe gone: EPIPE) is dropped:
+    a request, or a shutdown, must not fail for want of a log line (they answered 500 and
+    ended with a traceback)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except (OSError, ValueError):  # ValueError: the stream was closed
+            return len(text)
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._stream.flush()
 
 
 class _Handler(logging.StreamHandler):  # type: ignore[type-arg]

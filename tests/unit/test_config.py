@@ -3,6 +3,7 @@ the README's table the same as the settings; logs as configured."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -359,6 +360,23 @@ def test_setting_logs_up_again_replaces_its_handler() -> None:
     logging.getLogger("aiohttp.server").warning("once")
     assert first.getvalue() == ""
     assert json.loads(second.getvalue())["event"] == "once"
+
+
+@pytest.mark.usefixtures("restore_structlog")
+def test_a_line_the_log_stream_cannot_take_is_dropped(capsys: pytest.CaptureFixture[str]) -> None:
+    """The reader of the pipe is gone (EPIPE): whatever logs goes on; the web answered 500 to
+    every request that logged, and its shutdown ended in a traceback."""
+    read, write = os.pipe()
+    os.close(read)
+    stream = os.fdopen(write, "w")
+    try:
+        logs.configure("INFO", stream=stream)
+        structlog.get_logger("test").info("thing.happened", count=3)
+        logging.getLogger("aiohttp.server").warning("a library's line")
+    finally:
+        with contextlib.suppress(BrokenPipeError):
+            stream.close()
+    assert "Logging error" not in capsys.readouterr().err
 
 
 # --- the command, as a user runs it -----------------------------------------------------------
