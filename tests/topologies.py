@@ -208,6 +208,77 @@ class LocalCluster:
             server.stop()
 
 
+class SlotMove:
+    """One slot moved from the node that serves it to another primary, as ``redis-cli --cluster
+    reshard`` moves it: both ends told (IMPORTING, MIGRATING), its keys migrated a batch at a
+    time, then every primary told the new owner. ``run`` does it all; the tests that look inside
+    the move call its steps."""
+
+    def __init__(self, cluster: LocalCluster, slot: int, target: RedisServer | None = None):
+        self.cluster, self.slot = cluster, slot
+        self.source = cluster.primary_of_slot(slot)
+        self.target = target or next(
+            p for p in cluster.live_primaries() if p.port != self.source.port
+        )
+        self.finished = True
+
+    def _id(self, server: RedisServer) -> str:
+        with self.cluster.client(server) as node:
+            return str(node.execute_command("CLUSTER", "MYID").decode())
+
+    def begin(self) -> None:
+        self.finished = False
+        source_id, target_id = self._id(self.source), self._id(self.target)
+        with self.cluster.client(self.target) as node:
+            node.execute_command("CLUSTER", "SETSLOT", self.slot, "IMPORTING", source_id)
+        with self.cluster.client(self.source) as node:
+            node.execute_command("CLUSTER", "SETSLOT", self.slot, "MIGRATING", target_id)
+
+    def migrate(self, *names: str | bytes) -> None:
+        with self.cluster.client(self.source) as node:
+            node.execute_command(
+                "MIGRATE", "127.0.0.1", self.target.port, "", 0, 5000, "KEYS", *names
+            )
+
+    def step(self, batch: int) -> int:
+        """Up to ``batch`` more keys migrated; how many."""
+        with self.cluster.client(self.source) as node:
+            names = node.execute_command("CLUSTER", "GETKEYSINSLOT", self.slot, batch)
+        if names:
+            self.migrate(*names)
+        return len(names)
+
+    def finish(self) -> int:
+        """The keys left migrated and the new owner made known; how many keys that took."""
+        moved = 0
+        while count := self.step(1000):
+            moved += count
+        owner = self._id(self.target)
+        for primary in self.cluster.live_primaries():
+            with self.cluster.client(primary) as node:
+                node.execute_command("CLUSTER", "SETSLOT", self.slot, "NODE", owner)
+        self.finished = True
+        return moved
+
+    def run(self, batch: int = 10, pause: float = 0.0) -> int:
+        """The whole move, ``batch`` keys a MIGRATE (redis-cli's default) and ``pause`` seconds
+        between two (a slot of large values takes that long); the keys moved."""
+        self.begin()
+        moved = 0
+        while count := self.step(batch):
+            moved += count
+            time.sleep(pause)
+        return moved + self.finish()
+
+    def back(self) -> None:
+        """The slot to its first node again (finishing this move first if need be)."""
+        if not self.finished:
+            self.finish()
+        self.source, self.target = self.target, self.source
+        self.begin()
+        self.finish()
+
+
 class SentinelProcess:
     """One ``redis-server --sentinel`` watching ``primary``."""
 

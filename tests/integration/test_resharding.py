@@ -15,62 +15,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-import redis
 from redis.crc import key_slot
 from redis.exceptions import TryAgainError
 
 from resizer.models import TaskStatus
 from resizer.store import REDIS_DOWN, Store, keys, outage_event, unavailable
 from tests.integration.test_partitions import upload_in
-from tests.topologies import LocalCluster
+from tests.topologies import LocalCluster, SlotMove
 
 pytestmark = pytest.mark.integration
-
-
-class SlotMove:
-    """Moving one slot from its node to another, by hand, as ``redis-cli --cluster reshard``
-    does: both ends told, then keys migrated, then every primary told the new owner."""
-
-    def __init__(self, cluster: LocalCluster, slot: int) -> None:
-        self.cluster, self.slot = cluster, slot
-        self.source = cluster.primary_of_slot(slot)
-        self.target = next(p for p in cluster.live_primaries() if p.port != self.source.port)
-        self.finished = True
-
-    def _id(self, node: redis.Redis) -> str:
-        return str(node.execute_command("CLUSTER", "MYID").decode())  # type: ignore[no-untyped-call]
-
-    def begin(self) -> None:
-        self.finished = False
-        with self.cluster.client(self.source) as src, self.cluster.client(self.target) as tgt:
-            tgt.execute_command("CLUSTER", "SETSLOT", self.slot, "IMPORTING", self._id(src))
-            src.execute_command("CLUSTER", "SETSLOT", self.slot, "MIGRATING", self._id(tgt))
-
-    def migrate(self, *names: str) -> None:
-        with self.cluster.client(self.source) as src:
-            src.execute_command(
-                "MIGRATE", "127.0.0.1", self.target.port, "", 0, 5000, "KEYS", *names
-            )
-
-    def finish(self) -> None:
-        with self.cluster.client(self.source) as src:
-            left = src.execute_command("CLUSTER", "GETKEYSINSLOT", self.slot, 100_000)
-        if left:
-            self.migrate(*(k.decode() for k in left))
-        with self.cluster.client(self.target) as tgt:
-            owner = self._id(tgt)
-        for primary in self.cluster.live_primaries():
-            with self.cluster.client(primary) as node:
-                node.execute_command("CLUSTER", "SETSLOT", self.slot, "NODE", owner)
-        self.finished = True
-
-    def back(self) -> None:
-        """The slot to its first node again, for the tests after this one."""
-        if not self.finished:
-            self.finish()
-        self.source, self.target = self.target, self.source
-        self.begin()
-        self.finish()
 
 
 @pytest.fixture
