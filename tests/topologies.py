@@ -18,6 +18,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import redis
 
 from resizer.embedded import RedisServer, server_binary
@@ -206,6 +207,17 @@ class LocalCluster:
     def stop(self) -> None:
         for server in self.nodes:
             server.stop()
+
+
+def versioned_cluster(redis_version: str, directory: Path) -> LocalCluster:
+    """A started ``LocalCluster`` of Redis 6.2 (the embedded binary) or of Redis >= 7 (skipping
+    the test where there is none)."""
+    binary = None
+    if redis_version == "7":
+        binary = redis7_binary()
+        if binary is None:
+            pytest.skip("no redis-server >= 7 (install Debian's redis-server)")
+    return LocalCluster(directory, binary=binary).start()
 
 
 class SlotMove:

@@ -29,7 +29,7 @@ from resizer.store.keys import partition
 from tests.chaos.harness import Api, Figures, http_get, open_session, percentile
 from tests.chaos.photos import uniquify
 from tests.helpers import wait_until
-from tests.topologies import LocalCluster, LocalSentinel, redis7_binary
+from tests.topologies import LocalSentinel, versioned_cluster
 
 TASKS = 2000
 CONCURRENCY = 16
@@ -233,12 +233,7 @@ async def test_cluster_primary_killed(
     promoted by the cluster, the dead process restarted 5 s later as a replica. On Redis 6.2
     (the embedded binary: plain pub/sub) and on Redis >= 7 where there is one (shard
     channels, whose subscriptions must follow the promoted replica)."""
-    binary = None
-    if redis_version == "7":
-        binary = redis7_binary()
-        if binary is None:
-            pytest.skip("no redis-server >= 7 (install Debian's redis-server)")
-    cluster = LocalCluster(tmp_path / "cluster", binary=binary).start()
+    cluster = versioned_cluster(redis_version, tmp_path / "cluster")
     restarted: list[RedisServer] = []
     try:
         victim = cluster.primary_of_slot(0)
@@ -264,7 +259,7 @@ async def test_cluster_primary_killed(
             start_again,
             promoted,
             reader,
-            "cluster" if binary is None else "cluster, Redis 7",
+            "cluster" if redis_version == "6.2" else "cluster, Redis 7",
         )
         now_serving = cluster.primary_of_slot(0)
         assert now_serving.port != victim.port, "its replica was not promoted"

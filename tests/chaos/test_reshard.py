@@ -22,7 +22,7 @@ from resizer.store.keys import partition
 from tests.chaos.harness import Api, Figures, open_session, percentile
 from tests.chaos.photos import uniquify
 from tests.chaos.test_failover import Answer, Roles, queue_leftovers, submit_all, wait_done
-from tests.topologies import LocalCluster, SlotMove, redis7_binary
+from tests.topologies import SlotMove, versioned_cluster
 
 TASKS = 2000
 CONCURRENCY = 16
@@ -40,12 +40,7 @@ async def test_cluster_resharded(
     """Cluster resharded: 2,000 tasks through the API on a 3-primary Redis Cluster (16
     partitions); after 400, the slots of every partition on the first primary are moved to the
     second, key by key, while clients keep submitting and 2 workers keep resizing."""
-    binary = None
-    if redis_version == "7":
-        binary = redis7_binary()
-        if binary is None:
-            pytest.skip("no redis-server >= 7 (install Debian's redis-server)")
-    cluster = LocalCluster(tmp_path / "cluster", binary=binary).start()
+    cluster = versioned_cluster(redis_version, tmp_path / "cluster")
     logs = tmp_path / "logs"
     logs.mkdir()
     reader = RedisCluster(

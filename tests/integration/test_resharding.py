@@ -18,7 +18,7 @@ import pytest
 from redis.crc import key_slot
 from redis.exceptions import TryAgainError
 
-from resizer.models import TaskStatus
+from resizer.models import Task, TaskStatus
 from resizer.store import REDIS_DOWN, Store, keys, outage_event, unavailable
 from tests.integration.test_partitions import upload_in
 from tests.topologies import LocalCluster, SlotMove
@@ -35,17 +35,22 @@ def moving(topology_cluster: LocalCluster) -> Iterator[SlotMove]:
         move.back()
 
 
+async def create_in_3(store: Store, tag: str, task_id: str | None = None) -> Task:
+    """A task of bytes ``tag`` names, in partition 3 (the one ``moving`` moves)."""
+    upload = upload_in(3, store.settings.partitions, tag)
+    return await store.create_task(upload, task_id or keys.new_task_id(3))
+
+
 @pytest.mark.topologies("cluster")
 async def test_a_claim_waits_for_an_original_moved_already(
     real_store: Store, moving: SlotMove
 ) -> None:
-    partitions = real_store.settings.partitions
     part = keys.partition(3)
     # Two tasks in one partition, the first claimed: the queue, leases and claim histogram
     # exist, as on any busy partition (a key a script names that does not exist yet is itself
     # answered TRYAGAIN while its slot moves).
-    first = await real_store.create_task(upload_in(3, partitions, "first"), keys.new_task_id(3))
-    second = await real_store.create_task(upload_in(3, partitions, "second"), keys.new_task_id(3))
+    first = await create_in_3(real_store, "first")
+    second = await create_in_3(real_store, "second")
     for _ in range(2):  # taken, as a worker's BLMOVE does
         await real_store.redis.lmove(part.waiting, part.processing, "RIGHT", "LEFT")
     assert await real_store.claim(first.id, "worker-1") is not None
@@ -60,24 +65,23 @@ async def test_a_claim_waits_for_an_original_moved_already(
     moving.finish()
     claim = await real_store.claim(second.id, "worker-2")
     assert claim is not None
-    assert claim.original == upload_in(3, partitions, "second").data
+    assert claim.original == upload_in(3, real_store.settings.partitions, "second").data
 
 
 @pytest.mark.topologies("cluster")
 async def test_a_create_while_the_slot_moves_is_refused_then_taken(
     real_store: Store, moving: SlotMove
 ) -> None:
-    partitions = real_store.settings.partitions
     part = keys.partition(3)
-    await real_store.create_task(upload_in(3, partitions, "first"), keys.new_task_id(3))
+    await create_in_3(real_store, "first")
     moving.begin()
     moving.migrate(part.waiting)
     task_id = keys.new_task_id(3)
     with pytest.raises(REDIS_DOWN) as refused:  # the API's 503
-        await real_store.create_task(upload_in(3, partitions, "second"), task_id)
+        await create_in_3(real_store, "second", task_id)
     assert outage_event(refused.value) == "redis.slots_moving"
     assert "moving this task's keys" in unavailable(refused.value).message
     moving.finish()
     assert await real_store.get_task(task_id) is None
-    created = await real_store.create_task(upload_in(3, partitions, "second"), task_id)
+    created = await create_in_3(real_store, "second", task_id)
     assert created.status is TaskStatus.WAITING
