@@ -687,7 +687,8 @@ def make_app(settings: Settings, store: Store | None = None) -> web.Application:
                 await app[STORE].load_scripts()
             except REDIS_DOWN as exc:
                 # Workers and recovery check it too once Redis answers; the API need not wait.
-                log.warning("redis.policy_unchecked", error=str(exc))
+                # Named by what Redis said: not there, refusing a script, denying a command...
+                log.warning(outage_event(exc), error=str(exc), checks="memory policy, scripts")
             opened: Store = app[STORE]
             completions = Completions(
                 opened.redis, lambda: opened.finished_channels, opened.sharded_pubsub

@@ -105,7 +105,11 @@ async def test_the_api_answers_503_while_scripts_are_denied(
     aiohttp_client: Callable[[web.Application], Awaitable[TestClient[Any, Any]]],
 ) -> None:
     await acl.rules("~*", "&*", "+@all", "-@scripting")
-    client = await aiohttp_client(make_app(store_as_app.settings, store_as_app))
+    with structlog.testing.capture_logs() as started:
+        client = await aiohttp_client(make_app(store_as_app.settings, store_as_app))
+    # The web starts all the same, and says why it could not load its scripts.
+    (warned,) = [e for e in started if e["event"] == "redis.permission_denied"]
+    assert "script" in warned["error"]
     image = make_image("PNG", size=80, unique=True)
     with structlog.testing.capture_logs() as events:
         response = await client.post("/tasks", data=image, headers={"Content-Type": "image/png"})
