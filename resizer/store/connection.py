@@ -70,6 +70,11 @@ class WrongType(redis.exceptions.ResponseError):
     first write and refuses with nothing written, naming the key (``wrong_type`` in the Lua
     prelude); the key stays until an operator removes it."""
 
+    @classmethod
+    def among(cls, message: str, names: Iterable[object]) -> WrongType:
+        """Redis's own WRONGTYPE, which names no key, with the keys it may be about."""
+        return cls(f"{message} (one of {', '.join(map(str, names))})")
+
 
 # redis-py raises these replies as plain ResponseErrors, like a bug in a command. Its parsers
 # type an error reply by its first word through one table: listed there, they come typed from

@@ -796,7 +796,7 @@ def _naming(*names: str) -> Iterator[None]:
     try:
         yield
     except WrongType as exc:
-        raise WrongType(f"{exc}: one of {', '.join(names)}") from None
+        raise WrongType.among(str(exc), names) from None
 
 
 def _text(value: bytes | str) -> str:

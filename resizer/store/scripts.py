@@ -20,6 +20,8 @@ from typing import Any, Final
 import redis.exceptions
 from redis._parsers import BaseParser
 
+from resizer.store.connection import WrongType
+
 _INCLUDE: Final = re.compile(r"^--@include\s+([a-z_]+)\s*$", re.MULTILINE)
 _LUA = files("resizer.store") / "lua"
 
@@ -88,9 +90,8 @@ class Script:
             inner = BaseParser.EXCEPTION_CLASSES.get(quoted.group(1)) if quoted else None
             if not isinstance(inner, type) or isinstance(exc, inner):
                 raise
-            message = str(exc)
-            if quoted and quoted.group(1) == "WRONGTYPE":
+            if inner is WrongType:
                 # A key read before the script's first write (prelude's wrong_type checks the
                 # others): Redis does not say which.
-                message += " (one of " + ", ".join(map(str, keys)) + ")"
-            raise inner(message) from exc
+                raise WrongType.among(str(exc), keys) from exc
+            raise inner(str(exc)) from exc
