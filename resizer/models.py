@@ -207,6 +207,8 @@ class RecoveryReport:
     requeued: list[str] = attrs.Factory(list)
     failed: list[str] = attrs.Factory(list)
     adopted: list[str] = attrs.Factory(list)
+    # Expired leases Redis refused to act on (task id -> its error): a record it cannot read.
+    unrecoverable: dict[str, str] = attrs.Factory(dict)
 
 
 # --- API payloads ---------------------------------------------------------------------------

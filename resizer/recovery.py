@@ -36,6 +36,8 @@ async def recover_once(store: Store) -> RecoveryReport:
         log.warning("task.recovered", task_id=task_id, outcome="failed (attempt cap)")
     for task_id in report.adopted:
         log.info("task.adopted", task_id=task_id)
+    for task_id, error in report.unrecoverable.items():
+        log.error("task.unrecoverable", task_id=task_id, error=error)
     return report
 
 
@@ -67,6 +69,7 @@ async def run_recovery(settings: Settings, every: float | None) -> None:
                     requeued=len(report.requeued),
                     failed=len(report.failed),
                     adopted=len(report.adopted),
+                    unrecoverable=len(report.unrecoverable),
                 )
                 delay = every
                 backoff.reset()

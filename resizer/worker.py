@@ -85,7 +85,7 @@ class Worker:
                     next_recovery = time.monotonic() + self.settings.recover_every_seconds
                 task_id = await self.store.take(TAKE_TIMEOUT_SECONDS)
                 if task_id is not None:
-                    await self.process(task_id)
+                    await self._process_or_log(task_id)
                 backoff.reset()
             except REDIS_DOWN + REDIS_FULL as exc:
                 # A full Redis (maxmemory) is waited out like an outage, not a crash.
@@ -94,6 +94,18 @@ class Worker:
                 with suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
         log.info("worker.stopped", worker=self.name, processed=self.processed)
+
+    async def _process_or_log(self, task_id: str) -> None:
+        """``process``, where a failure nobody foresaw (a task record Redis or this code cannot
+        read, a bug) is logged with its traceback and the task left to recovery, under its
+        lease and attempt cap: exiting would only hand it to the next worker, to fail the same.
+        A Redis outage is the loop's to wait out."""
+        try:
+            await self.process(task_id)
+        except REDIS_DOWN + REDIS_FULL:
+            raise
+        except Exception:
+            log.exception("task.crashed", task_id=task_id, worker=self.name)
 
     async def process(self, task_id: str) -> None:
         faults.hit("after_take")

@@ -78,6 +78,8 @@ from resizer.models import (
 from resizer.store import keys
 from resizer.store.completions import Signal
 from resizer.store.connection import (
+    REDIS_DOWN,
+    REDIS_FULL,
     Client,
     WrongType,
     client_for,
@@ -573,35 +575,49 @@ class Store:
         while True:
             for raw in expired:
                 task_id = _text(raw)
-                outcome = _text(
-                    await self._recover(
-                        keys=[
-                            part.task(task_id),
-                            part.processing,
-                            part.leases,
-                            part.waiting,
-                            part.stats,
-                            part.failures,
-                            part.finished,
-                        ],
-                        args=[
-                            task_id,
-                            self.settings.max_attempts,
-                            self.settings.failed_ttl_seconds * 1000,
-                            part.tag,
-                            self._wake_channel(part),
-                        ],
-                    )
-                )
+                try:
+                    outcome = await self._recover_task(part, task_id)
+                except redis.exceptions.ResponseError as exc:
+                    if isinstance(exc, REDIS_DOWN + REDIS_FULL):
+                        raise
+                    # One task's record must not stop the pass (nor the worker running it):
+                    # the others are recovered, and this one is reported, pass after pass.
+                    report.unrecoverable[task_id] = str(exc)
+                    continue
                 if outcome == "requeued":
                     report.requeued.append(task_id)
                 elif outcome == "failed":
                     report.failed.append(task_id)
-            if len(expired) < batch:
+            # A whole batch refused would come back as the next batch: the pass ends here.
+            if len(expired) < batch or all(_text(raw) in report.unrecoverable for raw in expired):
                 return
             expired, _, _ = await self._expired(
                 keys=[part.leases, part.processing, part.waiting], args=[batch]
             )
+
+    async def _recover_task(self, part: Partition, task_id: str) -> str:
+        """Re-queue or FAIL one task whose lease expired: 'requeued', 'failed', 'dropped' or
+        'skipped' (recover.lua)."""
+        return _text(
+            await self._recover(
+                keys=[
+                    part.task(task_id),
+                    part.processing,
+                    part.leases,
+                    part.waiting,
+                    part.stats,
+                    part.failures,
+                    part.finished,
+                ],
+                args=[
+                    task_id,
+                    self.settings.max_attempts,
+                    self.settings.failed_ttl_seconds * 1000,
+                    part.tag,
+                    self._wake_channel(part),
+                ],
+            )
+        )
 
     # --- introspection --------------------------------------------------------------------------
 

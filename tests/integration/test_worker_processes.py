@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import signal
 import subprocess
@@ -221,3 +222,76 @@ async def test_a_worker_survives_a_redis_restart(procs: Processes, tmp_path: Pat
         assert worker.poll() is None
     finally:
         server.stop()
+
+
+async def test_a_task_record_redis_cannot_count_on_does_not_stop_the_worker(
+    procs: Processes, store: Store
+) -> None:
+    """Task records edited by hand or by another program: numbers that are not numbers are
+    counted afresh; a record the claim cannot use at all is logged, and the worker goes on."""
+    recounted, undated, unusable, fine = [await submit(store) for _ in range(4)]
+    part = store.partitions[0]
+    await store.redis.hset(part.task(recounted), "attempts", "x")
+    await store.redis.hset(part.task(undated), "created_at", "soon")
+    await store.redis.hdel(part.task(unusable), "digest")
+    worker = procs.start("work")
+
+    await wait_status(store, fine, TaskStatus.DONE)
+
+    async def resized() -> bool:  # read as stored: clients get a 500 for a record like these
+        states = [await store.redis.hget(part.task(i), "status") for i in (recounted, undated)]
+        return states == [b"DONE", b"DONE"]
+
+    await await_until(resized, 30, "the tasks with odd numbers to be resized")
+    assert (await task_of(store, recounted)).attempts == 1
+    await assert_done_with_both_sizes(store, recounted)
+    assert await store.redis.hget(part.task(undated), "attempts") == b"1"
+    log = procs.logs / "work-0.log"
+    wait_until(lambda: "task.unrecoverable" in log.read_text(), 30, "a recovery pass to report it")
+    assert worker.poll() is None
+    events = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    crashed = [e for e in events if e["event"] == "task.crashed"]
+    assert crashed
+    assert {e["task_id"] for e in crashed} == {unusable}
+    assert "Traceback" in crashed[0]["exception"]
+    refused = next(e for e in events if e["event"] == "task.unrecoverable")
+    assert refused["task_id"] == unusable
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+
+
+async def test_recovery_recounts_attempts_that_are_not_a_number(store: Store) -> None:
+    task_id = await submit(store)
+    part = store.partitions[0]
+    assert await store.take(1) == task_id
+    claim = await store.claim(task_id, "gone")
+    assert claim is not None
+    await store.redis.hset(part.task(task_id), "attempts", "many")
+
+    async def requeued() -> bool:
+        return task_id in (await store.recover()).requeued
+
+    await await_until(requeued, 10, "the expired lease to be re-queued")
+    stored = await store.redis.hmget(part.task(task_id), ["status", "attempts"])
+    assert stored == [b"WAITING", b"many"]
+    again = await store.claim(task_id, "next")
+    assert again is not None
+    assert again.attempt == 1
+
+
+async def test_a_bug_that_raises_on_every_attempt_fails_the_task_not_the_worker(
+    procs: Processes, store: Store
+) -> None:
+    worker = procs.start("work", failpoints="before_complete=raise")
+    task_id = await submit(store)
+    failed = await wait_status(store, task_id, TaskStatus.FAILED)
+    assert failed.attempts == procs.settings.max_attempts
+    assert failed.error is not None
+    assert "gave up after 3 attempts" in failed.error
+    await assert_queues_empty(store)
+    assert worker.poll() is None
+    log = (procs.logs / "work-0.log").read_text()
+    assert log.count('"task.crashed"') == procs.settings.max_attempts
+    assert "InjectedFault: failpoint before_complete raised" in log
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(30) == 0

@@ -22,7 +22,7 @@ local function claimed(attempt)
 end
 
 -- Sent twice after a lost reply: the same claim, not a second attempt.
-if status == 'IN_PROGRESS' and held == token then return claimed(tonumber(attempts)) end
+if status == 'IN_PROGRESS' and held == token then return claimed(number(attempts, 0)) end
 if status ~= 'WAITING' then
   redis.call('LREM', processing, 1, id)
   if not status then redis.call('ZREM', leases, id) end
@@ -31,13 +31,13 @@ end
 clash = wrong_type({blob}, 'string')
 if clash then return clash end
 local now = now_ms()
-local attempt = redis.call('HINCRBY', task, 'attempts', 1)
+local attempt = number(attempts, 0) + 1
 redis.call('HSET', task, 'status', 'IN_PROGRESS', 'token', token, 'worker', ARGV[4],
-           'updated_at', now)
+           'updated_at', now, 'attempts', attempt)
 redis.call('ZADD', leases, now + tonumber(ARGV[3]), id)
 if attempt == 1 then
   -- How long tasks wait for a worker: the bucket of this one's wait, '+Inf' past the last.
-  local waited, bucket = now - tonumber(created), '+Inf'
+  local waited, bucket = now - number(created, now), '+Inf'
   for i = 6, #ARGV do
     if waited <= tonumber(ARGV[i]) then bucket = ARGV[i]; break end
   end

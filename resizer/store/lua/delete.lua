@@ -14,7 +14,7 @@ if leader and redis.call('EXISTS', leader_task) == 1 then
   redis.call('HINCRBY', leader_task, 'joined', -1)
 end
 local in_flight = status == 'WAITING' or status == 'IN_PROGRESS'
-if redis.call('HGET', content, 'leader') == id and in_flight and tonumber(joined or '0') > 0 then
+if redis.call('HGET', content, 'leader') == id and in_flight and number(joined, 0) > 0 then
   -- Others joined this task's work: it stays in the queue for them, hidden from clients.
   redis.call('HSET', task, 'deleted', 1)
 else

@@ -10,5 +10,5 @@ local function finish(k, id)
     redis.call('HDEL', k.content, 'leader')
   end
   redis.call(PUBLISH, k.finished, id)
-  return 1 + tonumber(redis.call('HGET', k.task, 'joined') or '0')
+  return 1 + number(redis.call('HGET', k.task, 'joined'), 0)
 end

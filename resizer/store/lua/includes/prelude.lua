@@ -19,6 +19,15 @@ local function cap(key, ttl)
   if left == -1 or left > ttl then redis.call('PEXPIRE', key, ttl) end
 end
 
+-- A number a task's record keeps (its attempts, its creation time). One that is not a number
+-- (a hand edit, another program's write) reads as `default`: failing the script instead would
+-- fail it for this task on every try, the attempt cap included, and stop each worker that took it.
+local function number(value, default)
+  local n = tonumber(value)
+  if n then return math.floor(n) end
+  return default
+end
+
 local function count(stats, name, n)
   redis.call('HINCRBY', stats, name, n or 1)
 end

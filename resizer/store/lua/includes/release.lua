@@ -7,7 +7,7 @@
 local function release(k, id, reason, fatal, max_attempts, requeued_counter, failed_ttl, now)
   local token = redis.call('HGET', k.task, 'token')
   redis.call('HDEL', k.task, 'token')
-  local attempts = tonumber(redis.call('HGET', k.task, 'attempts') or '0')
+  local attempts = number(redis.call('HGET', k.task, 'attempts'), 0)
   local outcome = 'requeued'
   if fatal or attempts >= max_attempts then
     outcome = 'failed'
