@@ -33,6 +33,9 @@ log = structlog.get_logger("resizer.worker")
 TAKE_TIMEOUT_SECONDS = 1.0
 """How long one BLMOVE blocks: also the longest an idle worker takes to notice a stop request."""
 
+MAX_REASON_CHARS = 500
+"""The most of an unforeseen error's text kept on its task (and in the recent failures)."""
+
 
 class Worker:
     def __init__(self, store: Store, settings: Settings, name: str | None = None) -> None:
@@ -96,10 +99,11 @@ class Worker:
         log.info("worker.stopped", worker=self.name, processed=self.processed)
 
     async def _process_or_log(self, task_id: str) -> None:
-        """``process``, where a failure nobody foresaw (a task record Redis or this code cannot
-        read, a bug) is logged with its traceback and the task left to recovery, under its
-        lease and attempt cap: exiting would only hand it to the next worker, to fail the same.
-        A Redis outage is the loop's to wait out."""
+        """``process``, where a failure nobody foresaw that it could not give the task back
+        after (one in claiming it or giving it back: a task record Redis cannot use, a bug) is
+        logged with its traceback and the task left to recovery, under its lease and attempt
+        cap: exiting would only hand it to the next worker, to fail the same. A Redis outage
+        is the loop's to wait out."""
         try:
             await self.process(task_id)
         except REDIS_DOWN + REDIS_FULL:
@@ -117,8 +121,24 @@ class Worker:
             log.info("task.claimed", worker=self.name)
             faults.hit("after_claim")
             async with self._heartbeat(claim):
-                await self._resize_and_complete(claim)
+                try:
+                    await self._resize_and_complete(claim)
+                except REDIS_DOWN + REDIS_FULL:
+                    raise
+                except Exception as exc:
+                    await self._give_back(claim, exc)
             self.processed += 1
+
+    async def _give_back(self, claim: Claim, exc: Exception) -> None:
+        """After a failure nobody foresaw, in the resize (a Pillow bug) or after it: the
+        attempt counts, and the task goes back to the queue, or is FAILED at the cap, with the
+        error kept on it for ``resizer info`` and its client."""
+        reason = f"{exc.__class__.__name__}: {exc}"[:MAX_REASON_CHARS]
+        outcome = await self.store.retry(claim, reason)
+        if outcome == "failed":
+            self.failed += 1
+        event = "lease.lost" if outcome == "stale" else f"task.{outcome}"
+        log.warning(event, error=reason, exc_info=exc)
 
     async def _resize_and_complete(self, claim: Claim) -> None:
         original = claim.original
@@ -136,11 +156,6 @@ class Worker:
                 log.info("task.failed", error=exc.message)
             else:
                 log.warning("lease.lost", during="fail")
-            return
-        except Exception as exc:
-            reason = f"{exc.__class__.__name__}: {exc}"
-            outcome = await self.store.retry(claim, reason)
-            log.warning("lease.lost" if outcome == "stale" else f"task.{outcome}", error=reason)
             return
         images = {t.size: base64.b64encode(t.data) for t in thumbnails}
         faults.hit("before_complete")
