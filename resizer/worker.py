@@ -99,11 +99,10 @@ class Worker:
         log.info("worker.stopped", worker=self.name, processed=self.processed)
 
     async def _process_or_log(self, task_id: str) -> None:
-        """``process``, where a failure nobody foresaw that it could not give the task back
-        after (one in claiming it or giving it back: a task record Redis cannot use, a bug) is
-        logged with its traceback and the task left to recovery, under its lease and attempt
-        cap: exiting would only hand it to the next worker, to fail the same. A Redis outage
-        is the loop's to wait out."""
+        """``process``, surviving what it lets through: a failure in claiming the task or in
+        giving it back (a task record Redis cannot use, a bug) is logged with its traceback, and
+        the task left to recovery and its attempt cap. Exiting would only hand the task to the
+        next worker, to fail the same way. A Redis outage is the loop's to wait out."""
         try:
             await self.process(task_id)
         except REDIS_DOWN + REDIS_FULL:
