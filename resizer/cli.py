@@ -393,7 +393,11 @@ def _describe(view: QueueInfo) -> str:
             f"  {record.name}  {doing}  done={record.done} failed={record.failed}  "
             f"up {age(record.started_at)}  version {record.version}"
         )
-    lines.append(f"in flight  {len(view.in_flight)}")
+    overdue = stats.lease_overdue_seconds
+    lines.append(
+        f"in flight  {len(view.in_flight)}"
+        + (f"  (a lease expired {overdue:.1f} s ago: is recovery running?)" if overdue else "")
+    )
     lines += [
         f"  {f.task_id}  worker {f.worker}  attempt {f.attempt}  for {age(f.since)}"
         for f in view.in_flight

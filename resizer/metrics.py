@@ -153,6 +153,11 @@ def _cluster_families(info: QueueInfo | None) -> Iterator[Metric]:
         "Age of the oldest waiting task (0 when none waits)",
         value=stats.oldest_waiting_seconds,
     )
+    yield GaugeMetricFamily(
+        "resizer_queue_lease_overdue_seconds",
+        "How long ago the most overdue lease expired (0 while recovery keeps up)",
+        value=stats.lease_overdue_seconds,
+    )
     workers = GaugeMetricFamily("resizer_workers", "Live workers, by state", labels=["state"])
     for state in ("idle", "busy"):
         workers.add_metric([state], sum(1 for w in info.workers if w.state == state))

@@ -146,6 +146,10 @@ class QueueStats:
     in_flight: int
     claim_waits: dict[str, float] = attrs.Factory(dict)  # per bucket (seconds), "count", "sum"
     oldest_waiting_seconds: float = 0.0
+    # How long ago the first lease to expire did, 0 while none has: recovery acts on an expired
+    # lease within one of its passes (half a lease), so more means it is not running, or a task
+    # it cannot act on (``task.unrecoverable``).
+    lease_overdue_seconds: float = 0.0
 
 
 @attrs.frozen

@@ -623,12 +623,14 @@ class Store:
 
     async def stats(self) -> QueueStats:
         """Counters kept by the scripts (so every worker's work is counted), histograms, queue
-        lengths and the oldest waiting task's age, over every partition."""
+        lengths, the oldest waiting task's age and the most overdue lease, over every
+        partition."""
         counters: dict[str, int] = {}
         durations: dict[str, float] = {}
         claim_waits: dict[str, float] = {}
         waiting = in_flight = 0
-        oldest_ms: int | None = None
+        oldest: list[int] = []  # each partition's oldest waiting task's creation, ms
+        due: list[int] = []  # each partition's first lease deadline, ms
         await self._serve_announced()
         for part in self.partitions:
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -638,6 +640,7 @@ class Store:
                 pipe.llen(part.waiting)
                 pipe.zcard(part.leases)
                 pipe.lindex(part.waiting, -1)  # the next one out: the oldest
+                pipe.zrange(part.leases, 0, 0, withscores=True)  # the lease due first
                 found = await pipe.execute()
             _add(counters, found[0], int)
             _add(durations, found[1], float)
@@ -646,18 +649,18 @@ class Store:
             in_flight += int(found[4])
             if found[5] is not None:
                 created = await self.redis.hget(part.task(_text(found[5])), "created_at")
-                if created is not None:
-                    oldest_ms = min(int(created), oldest_ms or int(created))
-        oldest = 0.0
-        if oldest_ms is not None:
-            oldest = max(0.0, (await self._now_ms() - oldest_ms) / 1000)
+                if created is not None and created.isdigit():  # one edited by hand: unknown
+                    oldest.append(int(created))
+            due.extend(int(deadline) for _, deadline in found[6])
+        now = await self._now_ms() if oldest or due else 0
         return QueueStats(
             counters=counters,
             durations=durations,
             waiting=waiting,
             in_flight=in_flight,
             claim_waits=claim_waits,
-            oldest_waiting_seconds=oldest,
+            oldest_waiting_seconds=max(0.0, (now - min(oldest)) / 1000) if oldest else 0.0,
+            lease_overdue_seconds=max(0.0, (now - min(due)) / 1000) if due else 0.0,
         )
 
     async def _now_ms(self) -> int:

@@ -35,7 +35,7 @@ from resizer.api import make_app
 from resizer.config import Settings
 from resizer.embedded import free_port
 from resizer.processes import resizer_command
-from tests.helpers import answers, make_image, wait_until
+from tests.helpers import answers, await_until, make_image, wait_until
 from tests.integration.test_api import b64, post_image, run_worker_until_idle
 
 pytestmark = pytest.mark.integration
@@ -79,6 +79,7 @@ async def test_metrics_count_tasks_from_every_process_and_http_requests(
     assert found[("resizer_queue_waiting", ())] == 0
     assert found[("resizer_queue_in_flight", ())] == 0
     assert found[("resizer_queue_oldest_waiting_seconds", ())] == 0
+    assert found[("resizer_queue_lease_overdue_seconds", ())] == 0
     assert found[("resizer_workers", (("state", "busy"),))] == 0
 
     own = samples(await (await client.get("/metrics")).text())
@@ -131,6 +132,36 @@ async def test_the_oldest_waiting_task_and_the_workers(
         assert found[("resizer_workers", (("state", "idle"),))] == 1
     finally:
         await store.close()
+
+
+async def test_a_lease_left_expired_shows_until_recovery_acts(
+    client: Client, real_settings: Settings
+) -> None:
+    import attrs
+
+    from resizer.store import Store, client_for
+
+    await post_image(client, make_image("PNG", unique=True))
+    store = Store(client_for(real_settings.redis_url), attrs.evolve(real_settings, lease_seconds=2))
+    try:
+        task_id = await store.take(1)
+        assert task_id is not None
+        assert await store.claim(task_id, "gone") is not None  # and no worker renews it
+
+        async def overdue() -> float:
+            found = samples(await (await client.get("/metrics/cluster")).text())
+            return found[("resizer_queue_lease_overdue_seconds", ())]
+
+        assert await overdue() == 0  # not expired yet: a lease of two seconds
+        await await_until(lambda: _above(overdue, 0.2), 10, "the lease to be 0.2 s overdue")
+        assert (await store.recover()).requeued == [task_id]
+        assert await overdue() == 0
+    finally:
+        await store.close()
+
+
+async def _above(value: Callable[[], Awaitable[float]], floor: float) -> bool:
+    return await value() > floor
 
 
 async def test_the_metrics_pass_the_exposition_rules(client: Client) -> None:
