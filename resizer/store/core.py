@@ -649,8 +649,8 @@ class Store:
             in_flight += int(found[4])
             if found[5] is not None:
                 created = await self.redis.hget(part.task(_text(found[5])), "created_at")
-                if created is not None and created.isdigit():  # one edited by hand: unknown
-                    oldest.append(int(created))
+                if (created_ms := _digits(created)) is not None:  # unknown if edited by hand
+                    oldest.append(created_ms)
             due.extend(int(deadline) for _, deadline in found[6])
         now = await self._now_ms() if oldest or due else 0
         return QueueStats(
@@ -699,17 +699,23 @@ class Store:
             for raw, (worker, attempts, updated) in zip(leased, details, strict=True):
                 if updated is None:
                     continue  # expired or deleted meanwhile
+                # A record edited by hand is shown as far as it can be read: the operator's
+                # view is most needed when something is wrong.
+                since = _digits(updated)
                 in_flight.append(
                     InFlight(
                         task_id=_text(raw),
                         worker=_text(worker or b"?"),
-                        attempt=int(attempts or 0),
-                        since=_ms_to_datetime(updated),
+                        attempt=_digits(attempts) or 0,
+                        since=now if since is None else _ms_to_datetime(since),
                     )
                 )
             for entry in failed:
-                task_id, at, error = _text(entry).split("\t", 2)
-                recent.append(Failure(task_id=task_id, at=_ms_to_datetime(int(at)), error=error))
+                fields = _text(entry).split("\t", 2)
+                if len(fields) == 3 and (at := _digits(fields[1])) is not None:
+                    recent.append(
+                        Failure(task_id=fields[0], at=_ms_to_datetime(at), error=fields[2])
+                    )
         recent.sort(key=lambda f: f.at, reverse=True)
         holding = {f.worker: f.task_id for f in in_flight}
         workers = [
@@ -735,7 +741,7 @@ class Store:
         gone = [name for name, fields in zip(names, found, strict=True) if not fields]
         if gone:
             await self.redis.zrem(keys.WORKERS, *gone)  # their records expired: they stopped
-        return [_worker_from_hash(fields) for fields in found if fields]
+        return [record for fields in found if fields and (record := _worker_or_none(fields))]
 
     async def ping(self) -> None:
         await self.redis.ping()
@@ -796,17 +802,21 @@ def _worker_fields(record: WorkerRecord) -> dict[FieldT, EncodableT]:
     }
 
 
-def _worker_from_hash(fields: dict[Any, Any]) -> WorkerRecord:
-    return WorkerRecord(
-        name=_text(fields[b"name"]),
-        host=_text(fields[b"host"]),
-        pid=int(fields[b"pid"]),
-        version=_text(fields[b"version"]),
-        started_at=_ms_to_datetime(fields[b"started_at"]),
-        seen_at=_ms_to_datetime(fields[b"seen_at"]),
-        done=int(fields[b"done"]),
-        failed=int(fields[b"failed"]),
-    )
+def _worker_or_none(fields: dict[Any, Any]) -> WorkerRecord | None:
+    """A worker's record; None for one edited by hand (its next heartbeat writes it anew)."""
+    try:
+        return WorkerRecord(
+            name=_text(fields[b"name"]),
+            host=_text(fields[b"host"]),
+            pid=int(fields[b"pid"]),
+            version=_text(fields[b"version"]),
+            started_at=_ms_to_datetime(fields[b"started_at"]),
+            seen_at=_ms_to_datetime(fields[b"seen_at"]),
+            done=int(fields[b"done"]),
+            failed=int(fields[b"failed"]),
+        )
+    except (KeyError, ValueError, OverflowError):
+        return None
 
 
 @contextmanager
@@ -821,6 +831,14 @@ def _naming(*names: str) -> Iterator[None]:
 def _text(value: bytes | str) -> str:
     # The client is binary (images), so replies are bytes; the stubs also allow str.
     return value if isinstance(value, str) else value.decode()
+
+
+def _digits(value: bytes | str | None) -> int | None:
+    """A whole number as a script stores it; None for one missing or edited into another
+    shape."""
+    if value is None or not value.isdigit():
+        return None
+    return int(value)
 
 
 def _decode(value: bytes | None) -> str | None:

@@ -160,6 +160,47 @@ async def test_a_lease_left_expired_shows_until_recovery_acts(
         await store.close()
 
 
+async def test_the_queue_view_reads_around_records_edited_by_hand(
+    client: Client, real_settings: Settings
+) -> None:
+    from datetime import UTC, datetime
+
+    from resizer.models import WorkerRecord
+    from resizer.store import Store, client_for, keys
+
+    await post_image(client, make_image("PNG", unique=True))
+    await post_image(client, make_image("PNG", unique=True))
+    store = Store(client_for(real_settings.redis_url), real_settings)
+    try:
+        part = store.partitions[0]
+        task_id = await store.take(1)
+        assert task_id is not None
+        assert await store.claim(task_id, "w1") is not None
+        await store.redis.hset(part.task(task_id), mapping={"attempts": "x", "updated_at": "?"})
+        oldest = await store.redis.lindex(part.waiting, -1)
+        assert isinstance(oldest, bytes)
+        await store.redis.hset(part.task(oldest.decode()), "created_at", "long ago")
+        await store.redis.lpush(part.failures, "not\ta failure")
+        now = datetime.now(UTC)
+        for name in ("w1", "w2"):
+            record = WorkerRecord(name, "host", 1, __version__, now, now, done=0, failed=0)
+            await store.heartbeat_worker(record, ttl_seconds=60)
+        await store.redis.hset(keys.worker_key("w2"), "pid", "one")
+
+        response = await client.get("/info")
+        assert response.status == 200, await response.text()
+        view = await response.json()
+        assert [(f["task_id"], f["attempt"]) for f in view["in_flight"]] == [(task_id, 0)]
+        assert view["failures"] == []
+        assert [w["record"]["name"] for w in view["workers"]] == ["w1"]
+        assert view["stats"]["waiting"] == 1
+        assert view["stats"]["oldest_waiting_seconds"] == 0  # its age is unknown
+        scrape = await client.get("/metrics/cluster")
+        assert scrape.status == 200
+    finally:
+        await store.close()
+
+
 async def _above(value: Callable[[], Awaitable[float]], floor: float) -> bool:
     return await value() > floor
 
