@@ -6,8 +6,10 @@ import os
 import subprocess
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
+import attrs
 import pytest
 import schemathesis
 
@@ -34,7 +36,9 @@ from resizer import __version__, openapi
 from resizer.api import make_app
 from resizer.config import Settings
 from resizer.embedded import free_port
+from resizer.models import WorkerRecord
 from resizer.processes import resizer_command
+from resizer.store import Store, keys
 from tests.helpers import answers, await_until, make_image, wait_until
 from tests.integration.test_api import b64, post_image, run_worker_until_idle
 
@@ -135,70 +139,53 @@ async def test_the_oldest_waiting_task_and_the_workers(
 
 
 async def test_a_lease_left_expired_shows_until_recovery_acts(
-    client: Client, real_settings: Settings
+    client: Client, real_store: Store
 ) -> None:
-    import attrs
-
-    from resizer.store import Store, client_for
-
     await post_image(client, make_image("PNG", unique=True))
-    store = Store(client_for(real_settings.redis_url), attrs.evolve(real_settings, lease_seconds=2))
-    try:
-        task_id = await store.take(1)
-        assert task_id is not None
-        assert await store.claim(task_id, "gone") is not None  # and no worker renews it
+    real_store.settings = attrs.evolve(real_store.settings, lease_seconds=2)
+    task_id = await real_store.take(1)
+    assert task_id is not None
+    assert await real_store.claim(task_id, "gone") is not None  # and no worker renews it
 
-        async def overdue() -> float:
-            found = samples(await (await client.get("/metrics/cluster")).text())
-            return found[("resizer_queue_lease_overdue_seconds", ())]
+    async def overdue() -> float:
+        found = samples(await (await client.get("/metrics/cluster")).text())
+        return found[("resizer_queue_lease_overdue_seconds", ())]
 
-        assert await overdue() == 0  # not expired yet: a lease of two seconds
-        await await_until(lambda: _above(overdue, 0.2), 10, "the lease to be 0.2 s overdue")
-        assert (await store.recover()).requeued == [task_id]
-        assert await overdue() == 0
-    finally:
-        await store.close()
+    assert await overdue() == 0  # not expired yet: a lease of two seconds
+    await await_until(lambda: _above(overdue, 0.2), 10, "the lease to be 0.2 s overdue")
+    assert (await real_store.recover()).requeued == [task_id]
+    assert await overdue() == 0
 
 
 async def test_the_queue_view_reads_around_records_edited_by_hand(
-    client: Client, real_settings: Settings
+    client: Client, real_store: Store
 ) -> None:
-    from datetime import UTC, datetime
-
-    from resizer.models import WorkerRecord
-    from resizer.store import Store, client_for, keys
-
     await post_image(client, make_image("PNG", unique=True))
     await post_image(client, make_image("PNG", unique=True))
-    store = Store(client_for(real_settings.redis_url), real_settings)
-    try:
-        part = store.partitions[0]
-        task_id = await store.take(1)
-        assert task_id is not None
-        assert await store.claim(task_id, "w1") is not None
-        await store.redis.hset(part.task(task_id), mapping={"attempts": "x", "updated_at": "?"})
-        oldest = await store.redis.lindex(part.waiting, -1)
-        assert isinstance(oldest, bytes)
-        await store.redis.hset(part.task(oldest.decode()), "created_at", "long ago")
-        await store.redis.lpush(part.failures, "not\ta failure")
-        now = datetime.now(UTC)
-        for name in ("w1", "w2"):
-            record = WorkerRecord(name, "host", 1, __version__, now, now, done=0, failed=0)
-            await store.heartbeat_worker(record, ttl_seconds=60)
-        await store.redis.hset(keys.worker_key("w2"), "pid", "one")
+    redis, part = real_store.redis, real_store.partitions[0]
+    task_id = await real_store.take(1)
+    assert task_id is not None
+    assert await real_store.claim(task_id, "w1") is not None
+    await redis.hset(part.task(task_id), mapping={"attempts": "x", "updated_at": "?"})
+    oldest = await redis.lindex(part.waiting, -1)
+    assert isinstance(oldest, bytes)
+    await redis.hset(part.task(oldest.decode()), "created_at", "long ago")
+    await redis.lpush(part.failures, "not\ta failure")
+    now = datetime.now(UTC)
+    for name in ("w1", "w2"):
+        record = WorkerRecord(name, "host", 1, __version__, now, now, done=0, failed=0)
+        await real_store.heartbeat_worker(record, ttl_seconds=60)
+    await redis.hset(keys.worker_key("w2"), "pid", "one")
 
-        response = await client.get("/info")
-        assert response.status == 200, await response.text()
-        view = await response.json()
-        assert [(f["task_id"], f["attempt"]) for f in view["in_flight"]] == [(task_id, 0)]
-        assert view["failures"] == []
-        assert [w["record"]["name"] for w in view["workers"]] == ["w1"]
-        assert view["stats"]["waiting"] == 1
-        assert view["stats"]["oldest_waiting_seconds"] == 0  # its age is unknown
-        scrape = await client.get("/metrics/cluster")
-        assert scrape.status == 200
-    finally:
-        await store.close()
+    response = await client.get("/info")
+    assert response.status == 200, await response.text()
+    view = await response.json()
+    assert [(f["task_id"], f["attempt"]) for f in view["in_flight"]] == [(task_id, 0)]
+    assert view["failures"] == []
+    assert [w["record"]["name"] for w in view["workers"]] == ["w1"]
+    assert view["stats"]["waiting"] == 1
+    assert view["stats"]["oldest_waiting_seconds"] == 0  # its age is unknown
+    assert (await client.get("/metrics/cluster")).status == 200
 
 
 async def _above(value: Callable[[], Awaitable[float]], floor: float) -> bool:
