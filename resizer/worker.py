@@ -73,7 +73,7 @@ class Worker:
             await _pause(done, interval)
 
     async def _loop(self, stop: asyncio.Event, max_tasks: int | None) -> None:
-        backoff = Backoff()
+        backoff, crashes = Backoff(), Backoff()
         next_recovery = 0.0
         checked = False
         log.info("worker.started", worker=self.name)
@@ -88,7 +88,7 @@ class Worker:
                     next_recovery = time.monotonic() + self.settings.recover_every_seconds
                 task_id = await self.store.take(TAKE_TIMEOUT_SECONDS)
                 if task_id is not None:
-                    await self._process_or_log(task_id)
+                    await self._process_or_pause(task_id, stop, crashes)
                 backoff.reset()
             except REDIS_DOWN + REDIS_FULL as exc:
                 # A full Redis (maxmemory) is waited out like an outage, not a crash.
@@ -98,17 +98,24 @@ class Worker:
                     await asyncio.wait_for(stop.wait(), delay)
         log.info("worker.stopped", worker=self.name, processed=self.processed)
 
-    async def _process_or_log(self, task_id: str) -> None:
+    async def _process_or_pause(self, task_id: str, stop: asyncio.Event, crashes: Backoff) -> None:
         """``process``, surviving what it lets through: a failure in claiming the task or in
         giving it back (a task record Redis cannot use, a bug) is logged with its traceback, and
         the task left to recovery and its attempt cap. Exiting would only hand the task to the
-        next worker, to fail the same way. A Redis outage is the loop's to wait out."""
+        next worker, to fail the same way. A Redis outage is the loop's to wait out.
+
+        One failure on every task (a bug in every claim) must not move the whole queue into
+        the processing list at full speed: each crash in a row waits longer before the next."""
         try:
             await self.process(task_id)
         except REDIS_DOWN + REDIS_FULL:
             raise
         except Exception:
-            log.exception("task.crashed", task_id=task_id, worker=self.name)
+            pause = crashes.next()
+            log.exception("task.crashed", task_id=task_id, worker=self.name, pause=pause)
+            await _pause(stop, pause)
+        else:
+            crashes.reset()
 
     async def process(self, task_id: str) -> None:
         faults.hit("after_take")

@@ -12,7 +12,7 @@ from resizer import header, worker
 from resizer.models import TaskStatus, Thumbnail, Upload
 from resizer.store import Store
 from resizer.worker import Worker
-from tests.helpers import make_image
+from tests.helpers import await_until, make_image
 
 
 async def submit(store: Store, data: bytes) -> str:
@@ -91,3 +91,33 @@ async def test_a_transient_error_then_success(
     task = await fake_store.get_task(task_id)
     assert task is not None
     assert (task.status, task.attempts) == (TaskStatus.DONE, 2)
+
+
+async def test_a_crash_on_every_task_slows_the_worker_down_instead_of_draining_the_queue(
+    fake_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken_claim(task_id: str, worker: str, token: str | None = None) -> None:
+        raise RuntimeError("a bug in every claim")
+
+    monkeypatch.setattr(fake_store, "claim", broken_claim)
+    for _ in range(5):
+        await submit(fake_store, make_image("PNG", unique=True))
+    stop = asyncio.Event()
+    with capture_logs() as events:
+        running = asyncio.create_task(Worker(fake_store, fake_store.settings, name="t").run(stop))
+
+        async def crashed_four_times() -> bool:
+            return len([e for e in events if e["event"] == "task.crashed"]) >= 4
+
+        await await_until(crashed_four_times, 10, "four crashes")
+        stop.set()
+        await asyncio.wait_for(running, 10)
+    crashed = [e for e in events if e["event"] == "task.crashed"]
+    assert all(e["exc_info"] is True for e in crashed)  # logged with its traceback
+    pauses = [e["pause"] for e in crashed]
+    assert pauses == sorted(pauses)  # each crash in a row waits at least as long
+    assert pauses[3] >= 2 * pauses[0]
+    # Every id it took waits in the processing list for recovery: none lost, none claimed.
+    part = fake_store.partitions[0]
+    assert await fake_store.redis.llen(part.processing) == len(pauses)
+    assert await fake_store.redis.llen(part.waiting) == 5 - len(pauses)
