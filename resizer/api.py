@@ -22,6 +22,7 @@ from contextlib import AsyncExitStack, contextmanager, suppress
 from http import HTTPStatus
 from typing import Any
 
+import attrs
 import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
@@ -57,6 +58,7 @@ from resizer.models import (
     ErrorDetail,
     ImageSize,
     ImageView,
+    QueueInfo,
     Task,
     TaskCreated,
     TaskStatus,
@@ -630,10 +632,48 @@ async def process_metrics(request: web.Request) -> web.StreamResponse:
     return await request.app[MAIN][METRICS].handler(request)
 
 
+class QueueView:
+    """The queue as ``/info`` and ``/metrics/cluster`` show it, read from Redis at most once a
+    ``max_age`` however many ask, and once at a time. Each read costs Redis a few commands per
+    partition, worker and task in flight: unshared, any client asking in a loop would make
+    the web spend Redis on it out of all proportion."""
+
+    def __init__(self, read: Callable[[], Awaitable[QueueInfo]], max_age: float) -> None:
+        self._read = read
+        self._max_age = max_age
+        self._last: tuple[float, QueueInfo] | None = None
+        self._reading: asyncio.Future[QueueInfo] | None = None
+
+    async def get(self) -> QueueInfo:
+        if self._last is not None and time.monotonic() - self._last[0] < self._max_age:
+            return self._last[1]
+        if self._reading is None:
+            self._reading = asyncio.ensure_future(self._read_now())
+            # Its error is each waiter's; retrieved here too, should every waiter have gone.
+            self._reading.add_done_callback(lambda done: done.cancelled() or done.exception())
+        # Shielded: a client that goes away does not cancel the read the others wait on.
+        return await asyncio.shield(self._reading)
+
+    async def _read_now(self) -> QueueInfo:
+        try:
+            view = await self._read()
+        finally:
+            self._reading = None
+        self._last = (time.monotonic(), view)
+        return view
+
+
+QUEUE_VIEW = web.AppKey("queue_view", QueueView)
+
+QUEUE_VIEW_MAX_AGE_SECONDS = 1.0
+"""How stale ``/info`` and ``/metrics/cluster`` may be: scrapes come every 15 s or so, and
+``resizer info --watch`` asks every half second at the most."""
+
+
 async def cluster_metrics(request: web.Request) -> web.StreamResponse:
     """The queue's metrics, as Redis holds them; ``resizer_redis_up 0`` when it is away."""
     try:
-        info = await request.app[MAIN][STORE].info(failures=0)
+        info = await request.app[MAIN][QUEUE_VIEW].get()
     except REDIS_DOWN:
         info = None
     return await cluster_response(request, info)
@@ -651,7 +691,8 @@ async def info(request: web.Request) -> web.Response:
     raw = request.query.get("failures", "10")
     if not raw.isdigit() or int(raw) > MAX_FAILURES_SHOWN:
         raise BadRequest(f"failures must be a whole number from 0 to {MAX_FAILURES_SHOWN}")
-    return json_response(await request.app[STORE].info(int(raw)))
+    view = await request.app[QUEUE_VIEW].get()
+    return json_response(attrs.evolve(view, failures=view.failures[: int(raw)]))
 
 
 MAX_FAILURES_SHOWN = 100
@@ -675,6 +716,9 @@ def make_app(settings: Settings, store: Store | None = None) -> web.Application:
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[UPLOADS] = UploadBudget(settings.upload_budget_bytes)
+    app[QUEUE_VIEW] = QueueView(
+        lambda: app[STORE].info(MAX_FAILURES_SHOWN), QUEUE_VIEW_MAX_AGE_SECONDS
+    )
 
     async def redis_pool(app: web.Application) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
