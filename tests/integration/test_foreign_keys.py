@@ -152,3 +152,13 @@ async def test_a_worker_waits_a_foreign_key_out_instead_of_exiting(real_store: S
     async with backing_off(real_store, "redis.wrong_type"):
         await real_store.redis.delete(PART.processing)
         await await_done(real_store, task.id, 30, "the task to be resized once the key is gone")
+
+
+async def test_a_partition_count_that_is_not_a_number_is_announced_anew(real_store: Store) -> None:
+    await real_store.redis.set(keys.PARTITIONS, "eight")
+    task = await real_store.create_task(upload(make_image("PNG", size=64), real=True))
+    assert await real_store.get_task(task.id) == task
+    assert (
+        await real_store.redis.get(keys.PARTITIONS) == str(real_store.settings.partitions).encode()
+    )
+    assert await real_store.take(1) == task.id
