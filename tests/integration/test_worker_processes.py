@@ -299,3 +299,21 @@ async def test_a_bug_that_raises_on_every_attempt_fails_the_task_not_the_worker(
     assert all("Traceback" in e["exception"] for e in given_back)
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(30) == 0
+
+
+async def test_statistics_edited_by_hand_start_again_instead_of_failing_every_task(
+    procs: Processes, store: Store
+) -> None:
+    part = store.partitions[0]
+    await store.redis.hset(part.stats, mapping={"created": "many", "done": "1.5"})
+    await store.redis.hset(part.durations, mapping={"count": "x", "sum": "y"})
+    await store.redis.hset(part.claim_waits, "sum", "z")
+    task_id = await submit(store)
+    procs.start("work")
+    await wait_status(store, task_id, TaskStatus.DONE)
+    await assert_done_with_both_sizes(store, task_id)
+    stats = await store.stats()
+    assert (stats.counters["created"], stats.counters["done"]) == (1, 1)
+    assert stats.durations["count"] == 1
+    assert 0 < stats.durations["sum"] < 30
+    assert 0 <= stats.claim_waits["sum"] < 30

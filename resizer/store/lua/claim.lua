@@ -41,8 +41,6 @@ if attempt == 1 then
   for i = 6, #ARGV do
     if waited <= tonumber(ARGV[i]) then bucket = ARGV[i]; break end
   end
-  redis.call('HINCRBY', KEYS[4], bucket, 1)
-  redis.call('HINCRBY', KEYS[4], 'count', 1)
-  redis.call('HINCRBYFLOAT', KEYS[4], 'sum', waited / 1000)
+  observe(KEYS[4], bucket, waited / 1000)
 end
 return claimed(attempt)

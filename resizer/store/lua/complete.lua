@@ -25,7 +25,5 @@ cap(KEYS[8], tonumber(ARGV[6]))
 redis.call('HSET', k.task, 'status', 'DONE', 'result_format', ARGV[3],
            'updated_at', now_ms())
 count(k.stats, 'done', finish(k, id))
-redis.call('HINCRBY', KEYS[6], ARGV[4], 1)
-redis.call('HINCRBY', KEYS[6], 'count', 1)
-redis.call('HINCRBYFLOAT', KEYS[6], 'sum', ARGV[5])
+observe(KEYS[6], ARGV[4], ARGV[5])
 return 1

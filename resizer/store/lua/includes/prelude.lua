@@ -28,8 +28,20 @@ local function number(value, default)
   return default
 end
 
-local function count(stats, name, n)
-  redis.call('HINCRBY', stats, name, n or 1)
+-- Add `n` to `name` in a statistics hash (HINCRBYFLOAT with `float`). A counter edited into
+-- something that is not a number (by hand) starts again from `n`: failing instead would fail
+-- the script after its writes, for every task. (A pcall: no command more while all is well.)
+local function count(stats, name, n, float)
+  n = n or 1
+  local added = redis.pcall(float and 'HINCRBYFLOAT' or 'HINCRBY', stats, name, n)
+  if type(added) == 'table' and added.err then redis.call('HSET', stats, name, n) end
+end
+
+-- One observation of a histogram kept in a hash: its bucket's count, the count and the sum.
+local function observe(histogram, bucket, value)
+  count(histogram, bucket)
+  count(histogram, 'count')
+  count(histogram, 'sum', value, true)
 end
 
 -- Another program's key under one of resizer's names, of another type, fails the first command
