@@ -147,7 +147,11 @@ class _Listener:
                 message = await read()
                 if message is not None and message["type"] in ("message", "smessage"):
                     data = message["data"]
-                    self._on_message(data.decode() if isinstance(data, bytes) else data)
+                    # Bytes that are not UTF-8 are no task id nor tag of ours (another
+                    # program's): decoded as they are, to match nothing, rather than breaking
+                    # the subscription and waking every waiter at each one.
+                    text = data.decode(errors="replace") if isinstance(data, bytes) else data
+                    self._on_message(text)
         except BaseException:
             broken.set()
             raise
