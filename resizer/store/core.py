@@ -372,8 +372,18 @@ class Store:
                     src="RIGHT",
                     dest="LEFT",
                 )
-            return None if moved is None else _text(moved)
+            return None if moved is None else await self._taken(part, moved)
         return await self._take_from_any(timeout)
+
+    async def _taken(self, part: Partition, moved: bytes | str) -> str | None:
+        """The id just moved into ``part``'s processing list; None, and the entry dropped, for
+        bytes that cannot be an id of ours (not UTF-8: another program's push). Left there,
+        they would fail every worker and recovery pass that read them."""
+        task_id = _id(moved)
+        if task_id is None:
+            await self.redis.lrem(part.processing, 1, moved)  # type: ignore[arg-type]  # bytes too
+            log.warning("queue.entry_dropped", key=part.processing, entry=repr(moved)[:80])
+        return task_id
 
     async def _take_from_any(self, timeout: float) -> str | None:
         # One blocking pop cannot watch several partitions (BLMOVE takes one source), so idle
@@ -395,7 +405,7 @@ class Store:
                 with _naming(part.waiting, part.processing):
                     moved = await self.redis.lmove(part.waiting, part.processing, "RIGHT", "LEFT")
                 if moved is not None:
-                    return _text(moved)
+                    return await self._taken(part, moved)
                 self._dirty.discard(index)
                 # A message read while that LMOVE was in flight may be about a task queued
                 # after it ran: its partition is noted again, not lost.
@@ -565,7 +575,11 @@ class Store:
             # The pass doubles as this process's safety re-scan (``take``): ids wait here.
             self._dirty.add(part.index)
         for raw in unleased:
-            task_id = _text(raw)
+            task_id = _id(raw)
+            if task_id is None:  # not an id of ours (as in ``_taken``)
+                await self.redis.lrem(part.processing, 0, raw)
+                log.warning("queue.entry_dropped", key=part.processing, entry=repr(raw)[:80])
+                continue
             outcome = await self._adopt(
                 keys=[part.task(task_id), part.processing, part.leases],
                 args=[task_id, lease_ms],
@@ -574,7 +588,11 @@ class Store:
                 report.adopted.append(task_id)
         while True:
             for raw in expired:
-                task_id = _text(raw)
+                task_id = _id(raw)
+                if task_id is None:  # not an id of ours (as in ``_taken``)
+                    await self.redis.zrem(part.leases, raw)
+                    log.warning("queue.entry_dropped", key=part.leases, entry=repr(raw)[:80])
+                    continue
                 try:
                     outcome = await self._recover_task(part, task_id)
                 except redis.exceptions.ResponseError as exc:
@@ -829,8 +847,17 @@ def _naming(*names: str) -> Iterator[None]:
 
 
 def _text(value: bytes | str) -> str:
-    # The client is binary (images), so replies are bytes; the stubs also allow str.
-    return value if isinstance(value, str) else value.decode()
+    # The client is binary (images), so replies are bytes; the stubs also allow str. Bytes
+    # that are not UTF-8 (another program's) read with replacement characters, not an error.
+    return value if isinstance(value, str) else value.decode(errors="replace")
+
+
+def _id(value: bytes | str) -> str | None:
+    """A task id as a queue holds it; None for bytes that are not UTF-8, which no id is."""
+    try:
+        return value if isinstance(value, str) else value.decode()
+    except UnicodeDecodeError:
+        return None
 
 
 def _digits(value: bytes | str | None) -> int | None:

@@ -317,3 +317,27 @@ async def test_statistics_edited_by_hand_start_again_instead_of_failing_every_ta
     assert stats.durations["count"] == 1
     assert 0 < stats.durations["sum"] < 30
     assert 0 <= stats.claim_waits["sum"] < 30
+
+
+async def test_bytes_another_program_pushed_into_a_queue_are_dropped_not_fatal(
+    procs: Processes, store: Store
+) -> None:
+    part = store.partitions[0]
+    await store.redis.lpush(part.waiting, b"\xff\xfe")
+    task_id = await submit(store)
+    worker = procs.start("work")
+    await wait_status(store, task_id, TaskStatus.DONE)
+    assert worker.poll() is None
+    await assert_queues_empty(store)
+    assert '"queue.entry_dropped"' in (procs.logs / "work-0.log").read_text()
+
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+
+    # Left in flight as if by a worker from before: a recovery pass drops them too.
+    await store.redis.lpush(part.processing, b"\xfe")
+    await store.redis.zadd(part.leases, {b"\xfd": 0})
+    recover = procs.start("recover")
+    assert recover.wait(30) == 0
+    await assert_queues_empty(store)
+    assert (procs.logs / "recover-1.log").read_text().count('"queue.entry_dropped"') == 2
