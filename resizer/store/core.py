@@ -372,18 +372,24 @@ class Store:
                     src="RIGHT",
                     dest="LEFT",
                 )
-            return None if moved is None else await self._taken(part, moved)
+            return None if moved is None else await self._id_or_drop(part.processing, moved)
         return await self._take_from_any(timeout)
 
-    async def _taken(self, part: Partition, moved: bytes | str) -> str | None:
-        """The id just moved into ``part``'s processing list; None, and the entry dropped, for
-        bytes that cannot be an id of ours (not UTF-8: another program's push). Left there,
-        they would fail every worker and recovery pass that read them."""
-        task_id = _id(moved)
-        if task_id is None:
-            await self.redis.lrem(part.processing, 1, moved)  # type: ignore[arg-type]  # bytes too
-            log.warning("queue.entry_dropped", key=part.processing, entry=repr(moved)[:80])
-        return task_id
+    async def _id_or_drop(self, key: str, raw: bytes | str, *, scored: bool = False) -> str | None:
+        """``raw``, read from the list ``key`` (the sorted set, if ``scored``), as a task id;
+        None, and the entry dropped, for bytes that cannot be one (not UTF-8: another program's
+        push). Left there, they would fail every take and recovery pass that read them."""
+        if isinstance(raw, str):
+            return raw
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:
+            if scored:
+                await self.redis.zrem(key, raw)
+            else:
+                await self.redis.lrem(key, 0, raw)  # type: ignore[arg-type]  # bytes too
+            log.warning("queue.entry_dropped", key=key, entry=repr(raw)[:80])
+            return None
 
     async def _take_from_any(self, timeout: float) -> str | None:
         # One blocking pop cannot watch several partitions (BLMOVE takes one source), so idle
@@ -405,7 +411,7 @@ class Store:
                 with _naming(part.waiting, part.processing):
                     moved = await self.redis.lmove(part.waiting, part.processing, "RIGHT", "LEFT")
                 if moved is not None:
-                    return await self._taken(part, moved)
+                    return await self._id_or_drop(part.processing, moved)
                 self._dirty.discard(index)
                 # A message read while that LMOVE was in flight may be about a task queued
                 # after it ran: its partition is noted again, not lost.
@@ -575,10 +581,8 @@ class Store:
             # The pass doubles as this process's safety re-scan (``take``): ids wait here.
             self._dirty.add(part.index)
         for raw in unleased:
-            task_id = _id(raw)
-            if task_id is None:  # not an id of ours (as in ``_taken``)
-                await self.redis.lrem(part.processing, 0, raw)
-                log.warning("queue.entry_dropped", key=part.processing, entry=repr(raw)[:80])
+            task_id = await self._id_or_drop(part.processing, raw)
+            if task_id is None:
                 continue
             outcome = await self._adopt(
                 keys=[part.task(task_id), part.processing, part.leases],
@@ -588,10 +592,8 @@ class Store:
                 report.adopted.append(task_id)
         while True:
             for raw in expired:
-                task_id = _id(raw)
-                if task_id is None:  # not an id of ours (as in ``_taken``)
-                    await self.redis.zrem(part.leases, raw)
-                    log.warning("queue.entry_dropped", key=part.leases, entry=repr(raw)[:80])
+                task_id = await self._id_or_drop(part.leases, raw, scored=True)
+                if task_id is None:
                     continue
                 try:
                     outcome = await self._recover_task(part, task_id)
@@ -850,14 +852,6 @@ def _text(value: bytes | str) -> str:
     # The client is binary (images), so replies are bytes; the stubs also allow str. Bytes
     # that are not UTF-8 (another program's) read with replacement characters, not an error.
     return value if isinstance(value, str) else value.decode(errors="replace")
-
-
-def _id(value: bytes | str) -> str | None:
-    """A task id as a queue holds it; None for bytes that are not UTF-8, which no id is."""
-    try:
-        return value if isinstance(value, str) else value.decode()
-    except UnicodeDecodeError:
-        return None
 
 
 def _digits(value: bytes | str | None) -> int | None:
