@@ -53,10 +53,21 @@ def _free(port: int) -> bool:
         return True
 
 
+def _ephemeral_floor() -> int:
+    """The first port the kernel hands to outgoing connections (Linux: 32768 by default)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def cluster_port() -> int:
-    """A free port whose cluster bus port (+10000) is free too; both below 65536."""
+    """A free port whose cluster bus port (+10000) is free too, both below the ports the kernel
+    picks for outgoing connections: one of those could take a port between this check and the
+    node's start (it did, once: "bind: Address already in use")."""
+    top = max(_ephemeral_floor() - CLUSTER_BUS_OFFSET, 11000)
     while True:
-        port = random.randrange(20000, 45000)
+        port = random.randrange(10000, top)
         if _free(port) and _free(port + CLUSTER_BUS_OFFSET):
             return port
 
